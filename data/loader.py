@@ -1,0 +1,117 @@
+"""Batches in a seeded, resumable order, for in-memory tensors and for datasets that read files.
+
+The order of epoch `e` is a permutation drawn from a generator seeded with `seed + e`: it depends
+on nothing else, so a resumed run sees exactly the batches the uninterrupted run would have seen,
+and skipping the first `k` batches of an epoch resumes in the middle of it.
+"""
+import torch
+
+
+class EpochBatchSampler:
+    """Yields LongTensors of indices, one per batch, for this process's share of an epoch.
+
+    With several processes the epoch's order is shared and dealt out round-robin
+    (`order[rank::world_size]`). For training the order is first padded by wrapping around so
+    every process gets the same number of batches (DDP needs that); for evaluation nothing is
+    padded, so every sample is counted exactly once across processes.
+    """
+
+    def __init__(self, size, batch_size, shuffle, seed=0, rank=0, world_size=1, pad=False, drop_last=False):
+        self.size = size
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.pad = pad
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch, skip_batches=0):
+        self.epoch = epoch
+        self.skip = skip_batches
+
+    def indices(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        if self.world_size > 1:
+            if self.pad and self.size % self.world_size:
+                extra = self.world_size - self.size % self.world_size
+                order = torch.cat([order, order[:extra].repeat(extra // max(1, self.size) + 1)[:extra]])
+            order = order[self.rank::self.world_size]
+        return order
+
+    def __len__(self):
+        size = len(self.indices()) if self.world_size > 1 else self.size
+        return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
+
+    def __iter__(self):
+        batches = self.indices().split(self.batch_size)
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches = batches[:-1]
+        return iter(batches[self.skip:])
+
+
+class _IndexLists:
+    """The sampler's batches as lists, the form DataLoader hands to `__getitem__`."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        return (batch.tolist() for batch in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+class Subset:
+    """A view of `dataset` restricted to `indices`, batched when the dataset is."""
+
+    def __init__(self, dataset, indices):
+        self.dataset = dataset
+        self.indices = torch.as_tensor(indices, dtype=torch.long)
+
+    @property
+    def batched(self):
+        return getattr(self.dataset, "batched", False)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.dataset[int(self.indices[index])]
+
+    def get_batch(self, indices):
+        return self.dataset.get_batch(self.indices[indices])
+
+
+class BatchLoader:
+    """Iterates a dataset in the sampler's order.
+
+    A dataset held in memory (`batched = True`, with `get_batch(indices)`) gives each batch in one
+    indexing operation, with no per-sample `__getitem__`, collate or worker round-trip. Any other
+    map-style dataset goes through a DataLoader with workers; its generator is private so that
+    creating an iterator never draws from the global random state a checkpoint restores.
+    """
+
+    def __init__(self, dataset, sampler, num_workers=0, pin_memory=False):
+        self.dataset = dataset
+        self.sampler = sampler
+        self.loader = None
+        if not getattr(dataset, "batched", False):
+            self.loader = torch.utils.data.DataLoader(
+                dataset, batch_sampler=_IndexLists(sampler), num_workers=num_workers, pin_memory=pin_memory,
+                persistent_workers=num_workers > 0, generator=torch.Generator())
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        if self.loader is not None:
+            return iter(self.loader)
+        return (self.dataset.get_batch(indices) for indices in self.sampler)

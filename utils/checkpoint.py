@@ -1,0 +1,133 @@
+"""Atomic writes and safe loading of checkpoints and result files.
+
+A checkpoint is a dict of tensors and plain Python values, so `torch.load(path, weights_only=True)`
+loads it and loading can never run code. Every write goes to a temporary file in the same folder,
+is flushed and fsynced, then renamed over the target: a process killed at any instant leaves
+either the old file or the new one, never a truncated one.
+"""
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from utils.errors import UserError
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel / DDP and by torch.compile
+
+
+@contextmanager
+def atomic_open(path, mode="wb"):
+    path = Path(path)
+    handle = tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                         delete=False)
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):
+        # Make the rename itself durable.
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def save_atomic(obj, path):
+    """`torch.save` through a temporary file; a full disk raises a `UserError` and keeps the old file."""
+    try:
+        with atomic_open(path) as handle:
+            torch.save(obj, handle)
+    except OSError as error:
+        raise UserError(f"could not write {path}: {error.strerror or error}; the previous file is unchanged") from error
+
+
+def write_json_atomic(obj, path):
+    try:
+        with atomic_open(path, "w") as handle:
+            json.dump(obj, handle, indent=2, default=str)
+            handle.write("\n")
+    except OSError as error:
+        raise UserError(f"could not write {path}: {error.strerror or error}; the previous file is unchanged") from error
+
+
+def load_checkpoint(path):
+    """Load a checkpoint with `weights_only=True`; a missing, foreign or unsafe file is a `UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist (expected a .pth file written by the trainer)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
+        raise UserError(f"refusing to load {path}: it holds objects other than tensors and plain values "
+                        f"({first_line})") from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}: "
+                        f"{str(error).strip().splitlines()[0] if str(error).strip() else 'empty'})") from error
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path} is not a checkpoint of this toolkit (expected a dict, found {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def strip_wrapper_prefixes(state_dict):
+    """Keys without the `module.` / `_orig_mod.` prefixes that wrappers add, however nested."""
+    clean = {}
+    for key, value in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        clean[key] = value
+    return clean
+
+
+def weights_of(checkpoint):
+    """The model weights in a checkpoint of ours, or a plain state dict saved by other code."""
+    if "model" in checkpoint and isinstance(checkpoint["model"], dict):
+        return checkpoint["model"]
+    if "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], dict):
+        return checkpoint["state_dict"]
+    if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        return checkpoint
+    raise UserError("the checkpoint holds no model weights (expected a 'model' entry or a state dict)")
+
+
+def load_weights(model, state_dict, source, partial=False, log=None):
+    """Load `state_dict` into `model`, refusing a mismatch unless `partial` is asked for.
+
+    Missing keys, unexpected keys and shape mismatches are named; with `partial`, only the
+    matching tensors are loaded and what was skipped is logged.
+    """
+    state_dict = strip_wrapper_prefixes(state_dict)
+    own = model.state_dict()
+    missing = [key for key in own if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in own]
+    mismatched = [f"{key} {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}"
+                  for key in own if key in state_dict and state_dict[key].shape != own[key].shape]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if keys:
+            shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+            problems.append(f"{label}: {shown}")
+    if problems and not partial:
+        raise UserError(f"weights in {source} do not fit the model ({'; '.join(problems)}); "
+                        "check --model_type and the model options, or load what fits with --partial_load")
+    if problems:
+        skip = set(missing) | {entry.split(" ")[0] for entry in mismatched}
+        state_dict = {key: value for key, value in state_dict.items() if key in own and key not in skip}
+        if log:
+            log(f"partial load from {source}, skipped {'; '.join(problems)}")
+    model.load_state_dict(state_dict, strict=not problems)

@@ -1,0 +1,90 @@
+"""Processes launched by torchrun: the process group, ranks and devices, from one place."""
+import os
+
+import torch
+import torch.distributed as dist
+
+from utils.errors import UserError
+
+
+def launched_by_torchrun():
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(use_cuda):
+    """Join the process group torchrun describes (nccl on GPUs, gloo on CPU); return (rank, world_size, local_rank)."""
+    if not launched_by_torchrun():
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank():
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size():
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process():
+    return rank() == 0
+
+
+def broadcast_object(obj, src=0):
+    """Rank `src`'s value of a picklable object, on every rank."""
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def any_rank(flag, device):
+    """True on every rank when `flag` is True on at least one (a collective: call it on all ranks)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor(1.0 if flag else 0.0, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def barrier():
+    if is_distributed():
+        dist.barrier()
+
+
+def cleanup():
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def resolve_device(gpu_devices, local_rank=0):
+    """The torch.device for this process.
+
+    `gpu_devices` None: the first visible GPU (one per local rank under torchrun), else the CPU.
+    `["cpu"]`: the CPU. A list of ids: those GPUs (this process takes the one at its local rank).
+    """
+    if gpu_devices and [str(d).lower() for d in gpu_devices] == ["cpu"]:
+        return torch.device("cpu")
+    if gpu_devices is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        ids = [int(d) for d in gpu_devices]
+    except ValueError:
+        raise UserError(f"--gpu_devices {' '.join(map(str, gpu_devices))}: expected GPU ids like '0 1' or 'cpu'") from None
+    if not torch.cuda.is_available():
+        raise UserError(f"--gpu_devices {' '.join(map(str, ids))} asks for GPUs but CUDA is not available here; "
+                        "leave it out (uses the CPU) or pass --gpu_devices cpu")
+    count = torch.cuda.device_count()
+    bad = [i for i in ids if not 0 <= i < count]
+    if bad:
+        raise UserError(f"--gpu_devices {bad[0]} does not exist; this machine has GPUs 0..{count - 1}")
+    return torch.device("cuda", ids[local_rank % len(ids)])

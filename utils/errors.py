@@ -1,0 +1,23 @@
+"""Errors that are the user's to fix, and the command-line wrapper that reports them.
+
+A `UserError` is printed as one line (``error: <message>``) and exits with code 2: no traceback
+for a mistake in an option, a path or a data folder. `--debug` shows the traceback anyway.
+Anything else is a bug and propagates with its traceback.
+"""
+import sys
+
+
+class UserError(Exception):
+    """A problem the user can fix: a bad option, a missing or malformed file."""
+
+
+def run_cli(main, argv=None):
+    """Call ``main(argv)`` and turn a `UserError` into one line on stderr and exit code 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return main(argv)
+    except UserError as error:
+        if "--debug" in argv:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,82 @@
+"""Argument parsing helpers: real booleans, validated numbers, one-line errors, explicit options."""
+import argparse
+import sys
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that reports a bad option in one line and never guesses abbreviations."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_bool(text):
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "y", "on"):
+        return True
+    if value in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_flag(group, name, default=False, help=""):
+    """`--name` alone turns it on; `--name true|false` (any case, also 1/0, yes/no) sets it."""
+    group.add_argument(name, nargs="?", const=True, default=default, type=parse_bool,
+                       metavar="BOOL", help=help)
+
+
+def _number(kind, text, check, expected):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value != value or not check(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def positive_int(text):
+    return _number(int, text, lambda v: v > 0, "a positive integer")
+
+
+def non_negative_int(text):
+    return _number(int, text, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text):
+    return _number(float, text, lambda v: 0 < v < float("inf"), "a positive number")
+
+
+def non_negative_float(text):
+    return _number(float, text, lambda v: 0 <= v < float("inf"), "a number >= 0")
+
+
+def fraction(text):
+    return _number(float, text, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
+
+
+def ratio(text):
+    return _number(float, text, lambda v: 0 <= v < 1, "a ratio in [0, 1)")
+
+
+def unit_interval(text):
+    return _number(float, text, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+def explicit_options(parser, argv):
+    """Names of the options that `argv` sets explicitly (as opposed to left at their defaults)."""
+    saved = {action.dest: action.default for action in parser._actions}
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        given = parser.parse_args(argv)
+    finally:
+        for action in parser._actions:
+            action.default = saved[action.dest]
+    return set(vars(given))
