@@ -787,9 +787,12 @@ class TrainerBase:
             epoch = self.epoch
             self.epoch_start = time.perf_counter()
             train_metrics, train_totals = self.run_epoch("train", epoch)
+            train_end = time.perf_counter()
             val_metrics, val_totals = self.run_epoch("val", epoch)
+            end = time.perf_counter()
             record = {"epoch": epoch + 1, "global_step": self.global_step, "lr": self.optimizer.param_groups[0]["lr"],
-                      **train_metrics, **val_metrics, "time_s": round(time.perf_counter() - self.epoch_start, 3)}
+                      **train_metrics, **val_metrics, "train_time_s": round(train_end - self.epoch_start, 4),
+                      "val_time_s": round(end - train_end, 4), "time_s": round(end - self.epoch_start, 4)}
             value = record[args.monitor]
             improved = self.stopper.step(value, epoch + 1)
             self.scheduler.step(value)
