@@ -72,11 +72,14 @@ def unit_interval(text):
 def explicit_options(parser, argv):
     """Names of the options that `argv` sets explicitly (as opposed to left at their defaults)."""
     saved = {action.dest: action.default for action in parser._actions}
+    saved_parser_defaults = parser._defaults  # what set_defaults() added; parse_args would copy them in
     try:
+        parser._defaults = {}
         for action in parser._actions:
             action.default = argparse.SUPPRESS
         given = parser.parse_args(argv)
     finally:
+        parser._defaults = saved_parser_defaults
         for action in parser._actions:
             action.default = saved[action.dest]
     return set(vars(given))

@@ -1,0 +1,394 @@
+"""The Kaggle Carvana Image Masking Challenge: car photos and their binary masks.
+
+Unzip Kaggle's train.zip and train_masks.zip into one folder, so that it holds
+
+    <root>/train/<car_id>_<NN>.jpg
+    <root>/train_masks/<car_id>_<NN>_mask.gif
+
+Each car is photographed from 16 angles (NN = 01..16). Split by `groups` (the car id), not by
+image, or the validation set holds other views of the cars the model trained on.
+
+Images come out as uint8 [3, H, W] and masks as uint8 [1, H, W] with values 0/1; the trainer
+converts them to float on the device, which keeps the data loader and any cache four times smaller.
+
+Limits: with ``cache="none"`` a JPEG whose body is corrupt is only found when it is first read,
+so `skip_bad` cannot skip it and reading it raises `UserError`; the cached modes decode
+everything up front and can skip it. The disk cache is matched by file names and size only:
+delete the cache file after editing images in place.
+"""
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from utils.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MASK_SUFFIXES = ("_mask.gif", "_mask.png")
+CACHE_MODES = ("none", "memory", "disk")
+EXPECTED_LAYOUT = ("expected <root>/train/*.jpg and <root>/train_masks/*_mask.gif "
+                   "as in Kaggle's train.zip and train_masks.zip")
+
+# Pillow raises these for files that are missing, truncated or not images at all.
+UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def load_mask(path):
+    """Read a mask file as a uint8 tensor [H, W] holding 0 (background) and 1 (car)."""
+    return torch.from_numpy(_read_mask_array(Path(path)))
+
+
+def _read_mask_array(path):
+    try:
+        with Image.open(path) as mask_image:
+            # Converting through the palette makes Kaggle's 0/1 palette GIFs and re-saved
+            # 0/255 grey images look the same: black and white in both.
+            grey = np.array(mask_image.convert("L"))
+    except UNREADABLE_IMAGE_ERRORS as error:
+        raise UserError(f"cannot read mask {path}: {error}") from error
+    # A grey image that stores the classes as 0/1 directly would be all background after
+    # thresholding at mid-grey.
+    threshold = 0 if grey.max(initial=0) <= 1 else 127
+    return (grey > threshold).astype(np.uint8)
+
+
+def _checked_img_size(img_size):
+    """Return img_size as a (height, width) pair of positive ints, or raise UserError."""
+    try:
+        height, width = (int(side) for side in img_size)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"img_size {img_size!r} must be two numbers (height, width)") from error
+    if height <= 0 or width <= 0:
+        raise UserError(f"img_size {img_size!r} must be positive (height, width)")
+    return height, width
+
+
+def _list_images(folder):
+    return sorted(path for path in folder.iterdir()
+                  if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _load_image(path, img_size):
+    """Decode an image to uint8 [3, H, W] at img_size; also return its original (width, height)."""
+    height, width = img_size
+    try:
+        with Image.open(path) as image:
+            original_size = image.size
+            # For a JPEG this lets the decoder shrink by 2, 4 or 8 while decoding, which makes
+            # reading a 1918x1280 photo several times faster; other formats ignore it.
+            image.draft("RGB", (width, height))
+            image = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    except UNREADABLE_IMAGE_ERRORS as error:
+        raise UserError(f"cannot decode image {path}: {error}") from error
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous(), original_size
+
+
+def _header_size(path, kind):
+    """Read (width, height) from a file's header without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except UNREADABLE_IMAGE_ERRORS as error:
+        raise UserError(f"cannot read {kind} {path}: {error}") from error
+
+
+def _size_mismatch_message(mask_path, mask_size, image_path, image_size):
+    return (f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} pixels but its image {image_path} "
+            f"is {image_size[0]}x{image_size[1]}; a mask must have its image's size")
+
+
+def _load_pair(image_path, mask_path, img_size):
+    """Decode an image and its mask, check that their sizes agree, and resize both."""
+    height, width = img_size
+    image, image_size = _load_image(image_path, img_size)
+    mask = _read_mask_array(mask_path)
+    mask_size = (mask.shape[1], mask.shape[0])
+    if mask_size != image_size:
+        raise UserError(_size_mismatch_message(mask_path, mask_size, image_path, image_size))
+    # Nearest neighbour keeps the mask binary; any smoothing filter would invent fractions.
+    resized_mask = Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST)
+    return image, torch.from_numpy(np.array(resized_mask)).unsqueeze(0)
+
+
+class _PairDecoder(Dataset):
+    """Decodes pairs for filling the cache and reports failures instead of raising them.
+
+    It holds only paths, so sending it to DataLoader workers is cheap, and a bad file comes
+    back as a message the main process can skip or raise, not as a worker traceback.
+    """
+
+    def __init__(self, image_paths, mask_paths, img_size):
+        self.image_paths = image_paths
+        self.mask_paths = mask_paths
+        self.img_size = img_size
+
+    def __len__(self):
+        return len(self.image_paths)
+
+    def __getitem__(self, index):
+        try:
+            image, mask = _load_pair(self.image_paths[index], self.mask_paths[index], self.img_size)
+        except UserError as error:
+            return index, None, None, str(error)
+        return index, image, mask, None
+
+
+class CarvanaDataset(Dataset):
+    """Carvana training images and masks, resized to img_size (height, width).
+
+    cache="none" decodes files on every access. cache="memory" decodes everything once into
+    `images` [N, 3, H, W] and `masks` [N, 1, H, W]; cache="disk" does the same and keeps the
+    tensors in ``cache_dir / f"carvana_{H}x{W}.pt"`` (default ``root / ".cache"``) for the next
+    run. When cached, `batched` is True and `get_batch` slices a whole batch at once, which is
+    much faster than a DataLoader collating single items.
+
+    skip_bad=True skips images without a mask, unreadable files and masks whose size differs
+    from their image's, with a warning through `log`, and lists their names in `skipped`;
+    otherwise they raise UserError.
+    """
+
+    def __init__(self, root, img_size=(320, 480), cache="none", cache_dir=None, skip_bad=False,
+                 num_workers=0, log=print):
+        self.root = Path(root)
+        self.img_size = _checked_img_size(img_size)
+        if cache not in CACHE_MODES:
+            raise UserError(f"cache {cache!r} is not one of {', '.join(CACHE_MODES)}")
+        self.cache = cache
+        self.skip_bad = skip_bad
+        self.num_workers = num_workers
+        self.log = log
+        self.skipped = []
+        self.unreadable = []
+        self.batched = cache != "none"
+        self.images = None
+        self.masks = None
+
+        self._find_pairs()
+        height, width = self.img_size
+        cache_folder = self.root / ".cache" if cache_dir is None else Path(cache_dir)
+        self.cache_path = cache_folder / f"carvana_{height}x{width}.pt" if cache == "disk" else None
+
+        if cache == "disk" and self._load_cache():
+            return
+        self._check_sizes()
+        if cache != "none":
+            self._fill_cache()
+        if cache == "disk":
+            self._save_cache()
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, index):
+        if self.batched:
+            return self.images[index], self.masks[index]
+        return _load_pair(self.image_paths[index], self.mask_paths[index], self.img_size)
+
+    def get_batch(self, indices):
+        """Return (images[indices], masks[indices]) in one indexing step; needs a cache."""
+        if not self.batched:
+            raise RuntimeError("get_batch needs cache='memory' or cache='disk'")
+        return self.images[indices], self.masks[indices]
+
+    def _skip_or_raise(self, index, message, unreadable=True):
+        """Drop pair `index` with a warning under skip_bad, else raise UserError(message).
+
+        `unreadable` pairs are remembered in the disk cache; a missing mask is not, because
+        the folder scan finds it again on every run.
+        """
+        if not self.skip_bad:
+            raise UserError(message)
+        self.log(f"warning: skipping {self.names[index]}: {message}")
+        self.skipped.append(self.names[index])
+        if unreadable:
+            self.unreadable.append(self.names[index])
+
+    def _keep(self, keep):
+        """Keep only the pairs whose flag in `keep` is true."""
+        self.names = [name for name, kept in zip(self.names, keep) if kept]
+        self.image_paths = [path for path, kept in zip(self.image_paths, keep) if kept]
+        self.mask_paths = [path for path, kept in zip(self.mask_paths, keep) if kept]
+        self.groups = [name.rsplit("_", 1)[0] for name in self.names]
+
+    def _find_pairs(self):
+        image_folder = self.root / "train"
+        mask_folder = self.root / "train_masks"
+        for folder in (self.root, image_folder, mask_folder):
+            if not folder.is_dir():
+                raise UserError(f"Carvana folder {folder} does not exist; {EXPECTED_LAYOUT}")
+        image_paths = sorted(_list_images(image_folder), key=lambda path: path.stem)
+        if not image_paths:
+            raise UserError(f"no .jpg/.jpeg/.png images in {image_folder}; {EXPECTED_LAYOUT}")
+
+        self.names = [path.stem for path in image_paths]
+        self.image_paths = image_paths
+        self.mask_paths = []
+        keep = []
+        for index, image_path in enumerate(image_paths):
+            candidates = [mask_folder / f"{image_path.stem}{suffix}" for suffix in MASK_SUFFIXES]
+            mask_path = next((path for path in candidates if path.is_file()), candidates[0])
+            self.mask_paths.append(mask_path)
+            keep.append(mask_path.is_file())
+            if not keep[-1]:
+                self._skip_or_raise(index, f"image {image_path} has no mask; expected {mask_path}",
+                                    unreadable=False)
+        self._keep(keep)
+        if not self.names:
+            raise UserError(f"no image in {image_folder} has a mask in {mask_folder}; "
+                            f"{EXPECTED_LAYOUT}")
+
+    def _check_sizes(self):
+        """Compare image and mask sizes from the file headers, before any slow decoding.
+
+        A wrong mask then fails at once instead of in the middle of an epoch.
+        """
+        keep = []
+        for index, (image_path, mask_path) in enumerate(zip(self.image_paths, self.mask_paths)):
+            try:
+                image_size = _header_size(image_path, "image")
+                mask_size = _header_size(mask_path, "mask")
+            except UserError as error:
+                keep.append(False)
+                self._skip_or_raise(index, str(error))
+                continue
+            keep.append(image_size == mask_size)
+            if image_size != mask_size:
+                self._skip_or_raise(index, _size_mismatch_message(mask_path, mask_size,
+                                                                  image_path, image_size))
+        self._keep(keep)
+        self._require_some_left()
+
+    def _require_some_left(self):
+        if not self.names:
+            raise UserError(f"every image in {self.root / 'train'} was skipped as unreadable "
+                            f"or mismatched")
+
+    def _fill_cache(self):
+        started = time.perf_counter()
+        height, width = self.img_size
+        count = len(self.names)
+        self.images = torch.empty((count, 3, height, width), dtype=torch.uint8)
+        self.masks = torch.empty((count, 1, height, width), dtype=torch.uint8)
+        decoder = _PairDecoder(self.image_paths, self.mask_paths, self.img_size)
+        # batch_size=None hands over single items as they are, failures included.
+        loader = DataLoader(decoder, batch_size=None, num_workers=self.num_workers)
+        keep = [True] * count
+        for index, image, mask, error in loader:
+            if error is not None:
+                keep[index] = False
+                self._skip_or_raise(index, error)
+                continue
+            self.images[index] = image
+            self.masks[index] = mask
+        if not all(keep):
+            kept_rows = torch.tensor(keep)
+            self.images = self.images[kept_rows]
+            self.masks = self.masks[kept_rows]
+            self._keep(keep)
+            self._require_some_left()
+        megabytes = (self.images.numel() + self.masks.numel()) / 1e6
+        self.log(f"cached {len(self.names)} Carvana images at {height}x{width} "
+                 f"({megabytes:.1f} MB) in {time.perf_counter() - started:.1f} s")
+
+    def _load_cache(self):
+        """Use the disk cache if it was built from the same files at the same size."""
+        if not self.cache_path.is_file():
+            return False
+        try:
+            cached = torch.load(self.cache_path, weights_only=True)
+        except Exception as error:  # any unreadable cache is rebuilt, never trusted
+            self.log(f"rebuilding {self.cache_path}: cannot read it ({error})")
+            return False
+        reason = self._cache_mismatch(cached)
+        if reason:
+            self.log(f"rebuilding {self.cache_path}: {reason}")
+            return False
+        kept = set(cached["names"])
+        for index, name in enumerate(self.names):
+            if name not in kept:
+                self._skip_or_raise(index, f"{self.image_paths[index]} was unreadable "
+                                           f"when {self.cache_path} was built")
+        self._keep([name in kept for name in self.names])
+        self.images = cached["images"]
+        self.masks = cached["masks"]
+        self.log(f"loaded {len(self.names)} Carvana images from {self.cache_path}")
+        return True
+
+    def _cache_mismatch(self, cached):
+        """Say why the cached tensors do not fit this dataset, or return '' when they do."""
+        expected_keys = {"img_size", "names", "skipped", "images", "masks"}
+        if not isinstance(cached, dict) or not expected_keys <= cached.keys():
+            return "it is not a Carvana cache file"
+        if list(cached["img_size"]) != list(self.img_size):
+            return f"it holds size {cached['img_size']}, not {list(self.img_size)}"
+        cached_names = sorted(cached["names"] + cached["skipped"])
+        if cached_names != self.names:
+            added = len(set(self.names) - set(cached_names))
+            removed = len(set(cached_names) - set(self.names))
+            return f"the images changed ({added} added, {removed} removed)"
+        if cached["skipped"] and not self.skip_bad:
+            return f"it skipped {len(cached['skipped'])} unreadable images and skip_bad is off"
+        return ""
+
+    def _save_cache(self):
+        payload = {
+            "img_size": list(self.img_size),
+            "names": list(self.names),
+            "skipped": sorted(self.unreadable),
+            "images": self.images,
+            "masks": self.masks,
+        }
+        folder = self.cache_path.parent
+        # Written beside the target and renamed, so an interrupted run never leaves a
+        # half-written cache that a later run would load; the process id keeps two runs
+        # building the same cache from writing into one file.
+        temporary_path = folder / f".{self.cache_path.name}.{os.getpid()}.tmp"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(temporary_path, "wb") as handle:
+                torch.save(payload, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary_path, self.cache_path)
+        except OSError as error:
+            temporary_path.unlink(missing_ok=True)
+            raise UserError(f"cannot write the cache {self.cache_path}: {error}; "
+                            f"pass a writable cache_dir") from error
+        except BaseException:
+            temporary_path.unlink(missing_ok=True)
+            raise
+        self.log(f"wrote {self.cache_path}")
+
+
+class CarvanaImages(Dataset):
+    """Unlabelled images for prediction, such as Kaggle's test folder.
+
+    Items are (image uint8 [3, H, W] resized to img_size, index); `names` and `original_size`
+    let a predictor resize its mask back and name the output after the input file.
+    """
+
+    def __init__(self, input_dir, img_size):
+        self.input_dir = Path(input_dir)
+        self.img_size = _checked_img_size(img_size)
+        if not self.input_dir.is_dir():
+            raise UserError(f"input folder {self.input_dir} does not exist")
+        self.image_paths = _list_images(self.input_dir)
+        if not self.image_paths:
+            raise UserError(f"no .jpg/.jpeg/.png images in {self.input_dir}")
+        self.names = [path.name for path in self.image_paths]
+
+    def __len__(self):
+        return len(self.image_paths)
+
+    def __getitem__(self, index):
+        image, _ = _load_image(self.image_paths[index], self.img_size)
+        return image, index
+
+    def original_size(self, index):
+        """Return the (height, width) of image `index` before resizing."""
+        width, height = _header_size(self.image_paths[index], "image")
+        return height, width

@@ -1,0 +1,51 @@
+"""Shared fixtures: small generated datasets in the official on-disk formats."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(tmp_path_factory):
+    from data.synthetic_fashion_mnist import write_fashion_mnist
+    data_dir = tmp_path_factory.mktemp("fashion")
+    write_fashion_mnist(data_dir, n_train=1500, n_test=400, seed=0)
+    return data_dir
+
+
+def run_dirs(output_dir):
+    return sorted(path for path in Path(output_dir).iterdir() if path.is_dir())
+
+
+def train_vanilla(data_dir, output_dir, *extra, trainer_class=None):
+    """Run the vanilla trainer in-process; return its run folder."""
+    from trainer_vanilla import VanillaTrainer
+    trainer_class = trainer_class or VanillaTrainer
+    before = set(run_dirs(output_dir)) if Path(output_dir).exists() else set()
+    argv = ["--data_dir", str(data_dir), "--output_dir", str(output_dir), "--n_epoch", "2",
+            "--batch_size", "32", "--deterministic", *map(str, extra)]
+    assert trainer_class.main(argv) == 0
+    new = [path for path in run_dirs(output_dir) if path not in before]
+    return new[0] if new else None
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def metric_history(run_dir):
+    """Per-epoch metrics without the wall-clock times."""
+    history = read_json(Path(run_dir) / "metrics.json")["history"]
+    return [{key: value for key, value in record.items() if not key.endswith("time_s")} for record in history]
+
+
+def load_plain(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def python_command(*args):
+    return [sys.executable, *map(str, args)]
