@@ -49,3 +49,23 @@ def load_plain(path):
 
 def python_command(*args):
     return [sys.executable, *map(str, args)]
+
+
+@pytest.fixture(scope="session")
+def carvana_dir(tmp_path_factory):
+    from data.synthetic_carvana import write_carvana
+    data_dir = tmp_path_factory.mktemp("carvana")
+    write_carvana(data_dir, n_cars=16, views=4, size=(48, 64), seed=0)
+    return data_dir
+
+
+SEG_QUICK = ["--img_size", "48", "64", "--n_epoch", "6", "--base_width", "8", "--depth", "2", "--batch_size", "4",
+             "--lr", "3e-3", "--val_ratio", "0.2", "--test_ratio", "0.2", "--deterministic"]
+
+
+def train_seg(data_dir, output_dir, *extra):
+    """Run the Carvana trainer in-process on the small generated set; return its run folder."""
+    from trainer_seg_on_carvana import SegOnCarvanaTrainer
+    argv = ["--data_dir", str(data_dir), "--output_dir", str(output_dir), *SEG_QUICK, *map(str, extra)]
+    assert SegOnCarvanaTrainer.main(argv) == 0
+    return run_dirs(output_dir)[-1]

@@ -1,0 +1,139 @@
+"""Evaluate a Carvana segmentation checkpoint on its run's held-out test cars, or predict masks.
+
+    python eval_seg_on_carvana.py --model_path Results/SegOnCarvana/<ts>/UNet_best_ckpt.pth --viz
+    python eval_seg_on_carvana.py --model_path .../UNet_best_ckpt.pth --input_dir Dataset/Carvana/test \\
+        --submission submission.csv
+
+Test mode writes metrics.json (mean dice, IoU, pixel accuracy, and dice and IoU per image, at
+--img_size). With --viz, every --n_snap-th image gets <name>_origin.png, <name>_mask.png,
+<name>_pred.png (car white on black, at the original resolution) and <name>_overlay.png.
+Prediction mode (--input_dir) writes the Kaggle CSV (img,rle_mask) at each image's original size.
+"""
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from eval import EvaluatorBase
+from trainer_seg_on_carvana import SegOnCarvanaTrainer
+from utils.checkpoint import atomic_open
+from utils.errors import UserError
+from utils.metrics import dice_iou_per_image
+
+
+class SegOnCarvanaEvaluator(EvaluatorBase):
+    trainer_class = SegOnCarvanaTrainer
+
+    @classmethod
+    def add_eval_arguments(cls, parser):
+        group = parser.add_argument_group("carvana evaluation")
+        group.add_argument("--input_dir", type=Path, default=None,
+                           help="predict masks for the unlabelled images in this folder (e.g. Kaggle's test)")
+        group.add_argument("--submission", type=Path, default=None,
+                           help="with --input_dir: the Kaggle CSV to write (default <save_path>/submission.csv)")
+
+    def __init__(self, argv):
+        super().__init__(argv)
+        self.per_image = []
+
+    def probabilities(self, logits, size):
+        """Car probability at `size` (height, width), from logits at the model's resolution."""
+        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+        if logits.shape[1] == 1:
+            return torch.sigmoid(logits[:, 0])
+        return 1 - torch.softmax(logits, dim=1)[:, 0]
+
+    def on_batch(self, batch, outputs, index):
+        from data.carvana import load_mask
+        from utils.metrics import binary_masks
+        images, masks = batch
+        subset = self.trainer.datasets[self.args.split]
+        dataset = subset.dataset
+        first = index * (self.args.eval_batch_size or self.args.batch_size)
+        dice, iou = dice_iou_per_image(binary_masks(outputs.float(), self.args.threshold),
+                                       masks.reshape(len(masks), *outputs.shape[2:]) > 0)
+        for offset in range(len(images)):
+            number = first + offset
+            sample = int(subset.indices[number])
+            name = dataset.names[sample]
+            self.per_image.append({"name": name, "dice": float(dice[offset]), "iou": float(iou[offset])})
+            if self.args.viz and number % self.args.n_snap == 0:
+                original = load_original(dataset.image_paths[sample])
+                truth = load_mask(dataset.mask_paths[sample]).numpy().astype(bool)
+                predicted = self.probabilities(outputs[offset:offset + 1], truth.shape)[0] > self.args.threshold
+                self.write_pictures(name, original, truth, predicted.cpu().numpy())
+
+    def write_pictures(self, name, original, truth, predicted):
+        from PIL import Image
+        folder = self.save_path / "viz"
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(original).save(folder / f"{name}_origin.png")
+        if truth is not None:
+            Image.fromarray(truth.astype(np.uint8) * 255).save(folder / f"{name}_mask.png")
+        Image.fromarray(predicted.astype(np.uint8) * 255).save(folder / f"{name}_pred.png")
+        overlay = original.astype(np.float32)
+        overlay[predicted] = 0.5 * overlay[predicted] + 0.5 * np.array([255, 0, 0])
+        Image.fromarray(overlay.astype(np.uint8)).save(folder / f"{name}_overlay.png")
+
+    def results(self):
+        return {"per_image": self.per_image}
+
+    def run(self):
+        if self.args.input_dir is None:
+            if self.args.submission is not None:
+                raise UserError("--submission needs --input_dir, the folder of images to predict")
+            return super().run()
+        return self.predict_folder()
+
+    def predict_folder(self):
+        """Predict every image in --input_dir and write the Kaggle submission CSV."""
+        from data.carvana import CarvanaImages
+        from data.loader import BatchLoader, EpochBatchSampler
+        from utils.rle import rle_encode
+        trainer, args = self.trainer, self.args
+        trainer.setup_runtime()
+        trainer.setup_model()
+        from utils.checkpoint import load_weights
+        load_weights(trainer.raw_model, self.checkpoint["model"], self.checkpoint_path)
+        images = CarvanaImages(args.input_dir, args.img_size)
+        sampler = EpochBatchSampler(len(images), args.eval_batch_size or args.batch_size, shuffle=False)
+        loader = BatchLoader(images, sampler, num_workers=args.num_workers)
+        submission = Path(args.submission) if args.submission else self.save_path / "submission.csv"
+        try:
+            self.save_path.mkdir(parents=True, exist_ok=True)
+            submission.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the output folder for {submission}: {error.strerror or error}") from None
+        trainer.eval_model.eval()
+        rows = []
+        with torch.no_grad():
+            for batch_images, indices in loader:
+                batch_images, _ = trainer.prepare_batch((trainer.to_device(batch_images), None), False, None)
+                with trainer.autocast():
+                    logits = trainer.eval_model(batch_images)
+                for offset, sample in enumerate(indices.tolist()):
+                    size = images.original_size(sample)
+                    predicted = (self.probabilities(logits[offset:offset + 1], size)[0] > args.threshold).cpu().numpy()
+                    rows.append((images.names[sample], rle_encode(predicted)))
+                    if args.viz and sample % args.n_snap == 0:
+                        self.write_pictures(Path(images.names[sample]).stem, load_original(images.image_paths[sample]),
+                                            None, predicted)
+        with atomic_open(submission, "w") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["img", "rle_mask"])
+            writer.writerows(rows)
+        self.log.info(f"wrote {len(rows)} masks to {submission}")
+        return {"images": len(rows)}
+
+
+def load_original(path):
+    from PIL import Image
+    with Image.open(path) as image:
+        return np.array(image.convert("RGB"))
+
+
+if __name__ == "__main__":
+    sys.exit(SegOnCarvanaEvaluator.main())

@@ -1,0 +1,129 @@
+"""Binary car segmentation on Kaggle's Carvana data with UNet or UNet++.
+
+    python trainer_seg_on_carvana.py --model_type UNet --data_dir Dataset/Carvana
+    torchrun --nproc_per_node 4 trainer_seg_on_carvana.py --model_type UNet++ --sync_bn --amp
+
+Train, validation and test hold disjoint cars (the 16 views of a car are near-duplicates); the
+split is written to the run folder and the evaluator reuses it. Metrics are computed at
+--img_size: dice (mean over images, as Kaggle scores it), IoU and pixel accuracy.
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+from trainer import TrainerBase
+from utils.metrics import binary_masks, segmentation_metrics, segmentation_stats
+from utils.options import add_flag, positive_int, ratio, unit_interval
+
+
+class SegOnCarvanaTrainer(TrainerBase):
+    """Train UNet / UNet++ to segment cars in Carvana images."""
+
+    model_types = ("UNet", "UNet++")
+    data_types = ("Carvana",)
+    metric_names = ("loss", "dice", "iou", "pixel_accuracy")
+
+    @classmethod
+    def add_task_arguments(cls, parser):
+        from loss.loss_entry import LOSSES
+        parser.set_defaults(proj_name="SegOnCarvana", data_dir=Path("Dataset/Carvana"), monitor="val/dice",
+                            monitor_mode="max", n_epoch=20, batch_size=8, lr=1e-3, optim="adam")
+        data = parser.add_argument_group("carvana data")
+        data.add_argument("--img_size", type=positive_int, nargs=2, default=[320, 480], metavar=("H", "W"),
+                          help="height and width images and masks are resized to (masks by nearest neighbour)")
+        data.add_argument("--test_ratio", type=ratio, default=0.1, help="fraction of the cars held out for testing")
+        data.add_argument("--cache", choices=("none", "memory", "disk"), default="memory",
+                          help="keep decoded, resized tensors in memory, or also in a file for later runs")
+        data.add_argument("--cache_dir", type=Path, default=None, help="folder of the disk cache (default <data_dir>/.cache)")
+        add_flag(data, "--skip_bad", help="skip images without a mask or unreadable files (counted) instead of failing")
+        add_flag(data, "--augment", default=True, help="random horizontal flips and small shifts for training")
+        data.add_argument("--max_shift", type=unit_interval, default=0.05,
+                          help="largest random shift, as a fraction of the image size")
+
+        model = parser.add_argument_group("segmentation model")
+        model.add_argument("--n_channels", type=positive_int, default=3, help="input channels")
+        model.add_argument("--n_classes", type=positive_int, default=1, help="1 for a sigmoid output, 2+ for softmax")
+        model.add_argument("--depth", type=positive_int, default=4, help="number of down-sampling levels")
+        model.add_argument("--base_width", type=positive_int, default=32, help="channels of the first level")
+        add_flag(model, "--deep_supervision", help="UNet++: train every nested head (loss averaged)")
+        model.add_argument("--loss", choices=sorted(LOSSES), default="bce_dice", help="loss function")
+        model.add_argument("--threshold", type=unit_interval, default=0.5, help="probability above which a pixel is car")
+        model.add_argument("--n_viz", type=positive_int, default=4, help="validation images shown in TensorBoard")
+
+    def build_datasets(self):
+        from data.data_entry import build_datasets
+        return build_datasets(self.args, log=self.log.info)
+
+    def build_model(self):
+        from model.model_entry import build_model
+        return build_model(self.args)
+
+    def build_loss(self):
+        from loss.loss_entry import build_loss
+        if self.args.n_classes == 1 and self.args.loss in ("ce", "ce_dice"):
+            from utils.errors import UserError
+            raise UserError(f"--loss {self.args.loss} needs --n_classes 2 or more; with one output use bce, dice or bce_dice")
+        return build_loss(self.args.loss)
+
+    def prepare_batch(self, batch, train, generator):
+        images, masks = batch
+        images = images.float().div_(255)
+        if train and self.args.augment:
+            images, masks = self.augment(images, masks, generator)
+        return images, masks
+
+    def augment(self, images, masks, generator):
+        """The same random flip and shift for an image and its mask, drawn from `generator`."""
+        count, _, height, width = images.shape
+        flips = (torch.rand(count, generator=generator) < 0.5).tolist()
+        limit = (round(self.args.max_shift * height), round(self.args.max_shift * width))
+        shifts = [(int(torch.randint(-limit[0], limit[0] + 1, (), generator=generator)),
+                   int(torch.randint(-limit[1], limit[1] + 1, (), generator=generator))) for _ in range(count)]
+        images, masks = images.clone(), masks.clone()
+        for i, (flip, (dy, dx)) in enumerate(zip(flips, shifts)):
+            for tensor in (images, masks):
+                sample = tensor[i].flip(-1) if flip else tensor[i]
+                tensor[i] = shift_with_zeros(sample, dy, dx)
+        return images, masks
+
+    def forward_batch(self, model, batch):
+        images, masks = batch
+        logits = model(images)
+        if isinstance(logits, (list, tuple)):  # UNet++ deep supervision: every head learns
+            loss = sum(self.loss_fn(head, masks) for head in logits) / len(logits)
+            return loss, logits[-1]
+        return self.loss_fn(logits, masks), logits
+
+    def batch_stats(self, batch, outputs):
+        return segmentation_stats(outputs.float(), batch[1], self.args.threshold)
+
+    def compute_metrics(self, totals):
+        return segmentation_metrics(totals)
+
+    def visualize(self, writer, epoch, batch, outputs):
+        """Image | true mask | predicted mask, side by side, for the first validation images."""
+        images, masks = batch
+        count = min(self.args.n_viz, len(images))
+        predicted = binary_masks(outputs[:count].float(), self.args.threshold).unsqueeze(1).float()
+        truth = (masks[:count] > 0).float()
+        rows = torch.cat([images[:count].float(), truth.expand(-1, 3, -1, -1), predicted.expand(-1, 3, -1, -1)], dim=3)
+        writer.add_images("val/image_truth_prediction", rows.clamp(0, 1).cpu(), epoch)
+
+
+def shift_with_zeros(tensor, dy, dx):
+    """Translate a [C, H, W] tensor by (dy, dx) pixels, filling the uncovered border with zeros."""
+    shifted = torch.roll(tensor, shifts=(dy, dx), dims=(1, 2))
+    if dy > 0:
+        shifted[:, :dy] = 0
+    elif dy < 0:
+        shifted[:, dy:] = 0
+    if dx > 0:
+        shifted[:, :, :dx] = 0
+    elif dx < 0:
+        shifted[:, :, dx:] = 0
+    return shifted
+
+
+if __name__ == "__main__":
+    sys.exit(SegOnCarvanaTrainer.main())
