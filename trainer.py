@@ -222,7 +222,9 @@ class TrainerBase:
         """A checkpoint file, or the newest checkpoint in a run folder."""
         path = Path(path)
         if path.is_dir():
-            found = sorted(path.glob("*_ckpt.pth"), key=lambda p: p.stat().st_mtime)
+            # The last checkpoint is always the newest state; the best one may be older.
+            found = sorted(path.glob("*_last_ckpt.pth"), key=lambda p: p.stat().st_mtime) or \
+                sorted(path.glob("*_ckpt.pth"), key=lambda p: p.stat().st_mtime)
             if not found:
                 raise UserError(f"run folder {path} holds no *_ckpt.pth checkpoint to resume")
             return found[-1]

@@ -50,7 +50,10 @@ class EpochBatchSampler:
         return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
 
     def __iter__(self):
-        batches = self.indices().split(self.batch_size)
+        indices = self.indices()
+        if len(indices) == 0:  # split() would give one empty batch
+            return iter(())
+        batches = indices.split(self.batch_size)
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches = batches[:-1]
         return iter(batches[self.skip:])

@@ -39,7 +39,7 @@ def split_by_group(indices, ratios, seed, groups=None):
         count = round(value * n_groups)
         if count == 0:
             raise UserError(f"--{name}_ratio {value} leaves the {name} split empty ({n_groups} {unit} to split); "
-                            f"expected a ratio of at least {0.5 / n_groups:.3g}")
+                            f"expected a ratio of at least {1 / n_groups:.3g}")
         assignment[order[start:start + count]] = part
         start += count
     if start >= n_groups:

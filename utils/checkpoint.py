@@ -9,7 +9,6 @@ import json
 import os
 import pickle
 import tempfile
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -72,7 +71,7 @@ def load_checkpoint(path):
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
         raise UserError(f"refusing to load {path}: it holds objects other than tensors and plain values "
                         f"({first_line})") from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+    except Exception as error:  # torch.load raises many kinds on files that are not checkpoints
         raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}: "
                         f"{str(error).strip().splitlines()[0] if str(error).strip() else 'empty'})") from error
     if not isinstance(checkpoint, dict):
@@ -81,17 +80,19 @@ def load_checkpoint(path):
 
 
 def strip_wrapper_prefixes(state_dict):
-    """Keys without the `module.` / `_orig_mod.` prefixes that wrappers add, however nested."""
-    clean = {}
-    for key, value in state_dict.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
-        clean[key] = value
-    return clean
+    """Keys without the `module.` / `_orig_mod.` prefixes that wrappers add, however nested.
+
+    A wrapper prefixes every key, so a prefix is stripped only when all keys carry it: a model
+    with a submodule that happens to be called `module` keeps its names.
+    """
+    stripped = True
+    while stripped and state_dict:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(key.startswith(prefix) for key in state_dict):
+                state_dict = {key[len(prefix):]: value for key, value in state_dict.items()}
+                stripped = True
+    return dict(state_dict)
 
 
 def weights_of(checkpoint):
@@ -111,8 +112,9 @@ def load_weights(model, state_dict, source, partial=False, log=None):
     Missing keys, unexpected keys and shape mismatches are named; with `partial`, only the
     matching tensors are loaded and what was skipped is logged.
     """
-    state_dict = strip_wrapper_prefixes(state_dict)
     own = model.state_dict()
+    if set(state_dict) != set(own):
+        state_dict = strip_wrapper_prefixes(state_dict)
     missing = [key for key in own if key not in state_dict]
     unexpected = [key for key in state_dict if key not in own]
     mismatched = [f"{key} {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}"

@@ -1,0 +1,218 @@
+"""Exact resume, crash safety and signals: an interrupted run ends where an uninterrupted one does."""
+import os
+import pickle
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, load_plain, metric_history, python_command, read_json, run_dirs, train_vanilla
+from trainer_vanilla import VanillaTrainer
+
+# Dropout on, so that the random state has to be restored too.
+FLAGS = ["--n_epoch", "3", "--dropout", "0.2", "--train_val_sample_rate", "0.4", "--test_sample_rate", "0.25"]
+
+
+def assert_same_weights(run_a, run_b):
+    first = load_plain(run_a / "Vanilla_last_ckpt.pth")
+    second = load_plain(run_b / "Vanilla_last_ckpt.pth")
+    assert first["global_step"] == second["global_step"]
+    for key in first["model"]:
+        assert torch.equal(first["model"][key], second["model"][key]), key
+    for state_a, state_b in zip(first["optimizer"]["state"].values(), second["optimizer"]["state"].values()):
+        assert all(torch.equal(state_a[name], state_b[name]) for name in state_a)
+
+
+def assert_same_results(run_a, run_b):
+    assert metric_history(run_a) == metric_history(run_b)
+    assert read_json(run_a / "metrics.json")["test"] == read_json(run_b / "metrics.json")["test"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(fashion_dir, tmp_path_factory):
+    return train_vanilla(fashion_dir, tmp_path_factory.mktemp("full"), *FLAGS)
+
+
+def stopping_at(step):
+    """A trainer that receives SIGINT just before optimizer step `step` completes."""
+    class Stopping(VanillaTrainer):
+        def after_step(self, epoch):
+            if self.global_step == step and self.stop_signal is None:
+                self.stop_signal = signal.SIGINT
+            super().after_step(epoch)
+    Stopping.__name__ = "VanillaTrainer"  # the checkpoint names the task it belongs to
+    return Stopping
+
+
+def resume(run_dir, *extra):
+    assert VanillaTrainer.main(["--resume", str(run_dir), *map(str, extra)]) == 0
+
+
+def test_resume_after_an_epoch_equals_uninterrupted(fashion_dir, tmp_path, uninterrupted):
+    run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--n_epoch", "1")
+    resume(run, "--n_epoch", "3")
+    assert_same_weights(run, uninterrupted)
+    assert_same_results(run, uninterrupted)
+    config = read_json(run / "config.json")
+    assert config["options"]["n_epoch"] == 3 and len(config["resumes"]) == 1
+    assert "resumed from" in (run / "log.txt").read_text()
+    assert len(run_dirs(tmp_path)) == 1  # it went on in the same folder
+
+
+@pytest.mark.parametrize("step", [7, 17 + 5])  # in the first epoch, and in the middle of the second
+def test_resume_mid_epoch_equals_uninterrupted(fashion_dir, tmp_path, uninterrupted, step):
+    with pytest.raises(SystemExit) as exit_info:
+        train_vanilla(fashion_dir, tmp_path, *FLAGS, trainer_class=stopping_at(step))
+    assert exit_info.value.code == 128 + signal.SIGINT
+    run = run_dirs(tmp_path)[0]
+    saved = load_plain(run / "Vanilla_last_ckpt.pth")
+    assert saved["global_step"] == step and saved["batches_done"] == step % 17  # 540 samples: 17 batches of 32
+    assert read_json(run / "metrics.json")["status"] == "interrupted"
+    assert "Resume with:" in (run / "log.txt").read_text()
+    resume(run / "Vanilla_last_ckpt.pth")
+    assert_same_weights(run, uninterrupted)
+    assert_same_results(run, uninterrupted)
+
+
+def test_resume_refuses_options_that_change_the_experiment(fashion_dir, tmp_path, capsys):
+    run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--n_epoch", "1")
+    before = (run / "Vanilla_last_ckpt.pth").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        VanillaTrainer.main(["--resume", str(run), "--lr", "0.01", "--batch_size", "16"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "--lr 0.01 (checkpoint: 0.001)" in message and "--batch_size 16 (checkpoint: 32)" in message
+    assert (run / "Vanilla_last_ckpt.pth").read_bytes() == before
+
+
+def test_resume_with_accumulation_and_clipping_mid_epoch(fashion_dir, tmp_path):
+    flags = [*FLAGS, "--accum_steps", "3", "--clip", "0.5", "--lr_scheduler", "cosine", "--warmup_epoch", "1"]
+    full = train_vanilla(fashion_dir, tmp_path / "full", *flags)
+    with pytest.raises(SystemExit):
+        train_vanilla(fashion_dir, tmp_path / "cut", *flags, trainer_class=stopping_at(8))
+    run = run_dirs(tmp_path / "cut")[0]
+    resume(run)
+    assert_same_weights(run, full)
+    assert_same_results(run, full)
+
+
+def test_sigkill_at_random_moments_then_resume_reaches_the_same_weights(fashion_dir, tmp_path):
+    flags = ["--data_dir", fashion_dir, "--output_dir", tmp_path / "killed", "--deterministic", "--batch_size", "8",
+             "--n_epoch", "2", "--train_val_sample_rate", "0.5", "--test_sample_rate", "0.25",
+             "--save_every_n_steps", "3", "--log_every_n_steps", "1000"]
+    full = train_vanilla(fashion_dir, tmp_path / "full", *flags[4:])
+    rng = random.Random(0)
+    command = python_command("trainer_vanilla.py", *flags)
+    kills = 0
+    while True:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if kills < 3:
+            # Wait for a checkpoint to exist, then kill at a random moment of the training.
+            deadline = time.monotonic() + 120
+            while not list((tmp_path / "killed").glob("*/Vanilla_last_ckpt.pth")) and time.monotonic() < deadline:
+                if process.poll() is not None:
+                    break
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.5))
+            process.send_signal(signal.SIGKILL)
+        if process.wait(timeout=300) == 0:
+            break
+        kills += 1
+        run = run_dirs(tmp_path / "killed")[0]
+        checkpoint = run / "Vanilla_last_ckpt.pth"
+        load_plain(checkpoint)  # never truncated
+        command = python_command("trainer_vanilla.py", "--resume", run)
+    run = run_dirs(tmp_path / "killed")[0]
+    assert kills >= 1
+    assert_same_weights(run, full)
+    assert_same_results(run, full)
+    assert not list(run.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_state_and_prints_the_resume_command(fashion_dir, tmp_path, signum):
+    command = python_command("trainer_vanilla.py", "--data_dir", fashion_dir, "--output_dir", tmp_path,
+                             "--batch_size", "4", "--n_epoch", "50", "--log_every_n_steps", "20")
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("*/log.txt")) or "epoch 1 step" not in list(tmp_path.glob("*/log.txt"))[0].read_text():
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.1)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum
+    assert "Resume with:" in stderr and "Traceback" not in stderr
+    run = run_dirs(tmp_path)[0]
+    state = load_plain(run / "Vanilla_last_ckpt.pth")
+    assert state["epoch"] == 0 and state["batches_done"] > 0
+    assert read_json(run / "metrics.json")["status"] == "interrupted"
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("script, flag", [("trainer_vanilla.py", "--resume"), ("eval_vanilla.py", "--model_path")])
+def test_malicious_checkpoint_is_refused_not_executed(tmp_path, script, flag):
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil_ckpt.pth"
+    torch.save({"model": _Exploit(marker)}, path)
+    with open(tmp_path / "evil.pkl", "wb") as handle:
+        pickle.dump(_Exploit(marker), handle)
+    for candidate in (path, tmp_path / "evil.pkl"):
+        result = subprocess.run(python_command(script, flag, candidate), cwd=ROOT, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert "refusing to load" in result.stderr or "not a readable checkpoint" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fashion_dir, tmp_path, capsys):
+    class Diverging(VanillaTrainer):
+        def forward_batch(self, model, batch):
+            loss, outputs = super().forward_batch(model, batch)
+            return (loss * float("nan") if self.epoch == 1 and self.batches_done >= 4 else loss), outputs
+    Diverging.__name__ = "VanillaTrainer"
+    with pytest.raises(SystemExit) as exit_info:
+        train_vanilla(fashion_dir, tmp_path, *FLAGS, trainer_class=Diverging)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "epoch 2, batch 5" in message and "nan" in message
+    state = load_plain(run_dirs(tmp_path)[0] / "Vanilla_last_ckpt.pth")
+    assert state["epoch"] == 1 and state["batches_done"] == 0
+    assert all(torch.isfinite(tensor).all() for tensor in state["model"].values())
+
+
+def test_skip_nonfinite_counts_the_skipped_batches(fashion_dir, tmp_path):
+    class Spiky(VanillaTrainer):
+        def forward_batch(self, model, batch):
+            loss, outputs = super().forward_batch(model, batch)
+            return (loss * float("inf") if self.global_step in (3, 10) else loss), outputs
+    Spiky.__name__ = "VanillaTrainer"
+    run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--skip_nonfinite", trainer_class=Spiky)
+    metrics = read_json(run / "metrics.json")
+    assert metrics["nonfinite_batches"] == 2 and metrics["status"] == "completed"
+    assert metrics["test"]["test/accuracy"] > 0.3  # chance is 0.1
+
+
+def test_an_exception_saves_the_last_completed_step_and_propagates(fashion_dir, tmp_path):
+    class Crashing(VanillaTrainer):
+        def forward_batch(self, model, batch):
+            if self.global_step == 22:
+                raise RuntimeError("boom")
+            return super().forward_batch(model, batch)
+    Crashing.__name__ = "VanillaTrainer"
+    with pytest.raises(RuntimeError, match="boom"):
+        train_vanilla(fashion_dir, tmp_path, *FLAGS, trainer_class=Crashing)
+    run = run_dirs(tmp_path)[0]
+    state = load_plain(run / "Vanilla_last_ckpt.pth")
+    assert state["global_step"] == 22 and state["epoch"] == 1 and state["batches_done"] == 5
+    assert "crashed at epoch 2" in (run / "log.txt").read_text()
