@@ -36,8 +36,8 @@ Guarantees and limits:
 - Distributed runs are launched by torchrun; rank 0 alone writes files. Learning-rate schedules
   step per epoch.
 """
+import io
 import json
-import math
 import platform
 import signal
 import socket
@@ -72,7 +72,7 @@ CHECKPOINT_FORMAT = "torch-template/1"
 RESUME_SAFE_OPTIONS = {
     "resume", "n_epoch", "num_workers", "data_dir", "output_dir", "description", "debug", "download",
     "save_every_n_steps", "log_every_n_steps", "gpu_devices", "pin_memory", "compile", "model_path", "pretrained",
-    "partial_load", "cache", "cache_dir",
+    "partial_load", "cache", "cache_dir", "compile_backend",
 }
 
 
@@ -192,6 +192,8 @@ class TrainerBase:
         scale.add_argument("--amp_dtype", choices=("bf16", "fp16"), default="bf16",
                            help="autocast dtype; fp16 adds a checkpointed GradScaler")
         add_flag(scale, "--compile", help="torch.compile the model")
+        scale.add_argument("--compile_backend", default="inductor",
+                           help="torch.compile backend (inductor needs a C++ compiler on the CPU; eager for debugging)")
         add_flag(scale, "--channels_last", help="channels_last memory layout (conv nets)")
 
     @classmethod
@@ -314,8 +316,10 @@ class TrainerBase:
         if args.parallel and (self.device.type != "cuda" or self.world_size > 1):
             raise UserError("--parallel (DataParallel) needs GPUs and a single process; "
                             "under torchrun, DDP is used without it")
-        if args.amp and args.amp_dtype == "fp16" and self.device.type == "cpu":
-            raise UserError("--amp_dtype fp16 needs a GPU; on the CPU use --amp_dtype bf16")
+        if args.sync_bn and self.world_size > 1 and self.device.type != "cuda":
+            raise UserError("--sync_bn needs GPUs (SyncBatchNorm does not run on the CPU); leave it out on the CPU")
+        if args.sync_bn and self.world_size == 1:
+            self.log.warning("--sync_bn has no effect in a single process; it applies under torchrun")
         seed_everything(args.seed, args.deterministic)
 
     def setup_data(self, split=None):
@@ -408,8 +412,9 @@ class TrainerBase:
             ids = [int(d) for d in args.gpu_devices] if args.gpu_devices else list(range(torch.cuda.device_count()))
             self.model = self.eval_model = torch.nn.DataParallel(self.raw_model, device_ids=ids)
         if args.compile:
-            self.model = torch.compile(self.model)
-            self.eval_model = self.model if self.ddp_model is None else torch.compile(self.raw_model)
+            self.model = torch.compile(self.model, backend=args.compile_backend)
+            self.eval_model = self.model if self.ddp_model is None else torch.compile(self.raw_model,
+                                                                                       backend=args.compile_backend)
 
     def setup_optimization(self):
         args = self.args
@@ -518,12 +523,13 @@ class TrainerBase:
             "world_size": self.world_size, "config": _json_value(vars(self.args)),
         }
 
-    def save_checkpoint(self, kinds=("last",), state=None):
+    def save_checkpoint(self, kinds=("last",)):
         if not self.main_process:
             return
-        state = state or self.state_dict()
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)  # serialised once, written to each file
         for kind in kinds:
-            save_atomic(state, self.ckpt_paths[kind])
+            save_atomic(buffer.getvalue(), self.ckpt_paths[kind])
 
     def write_metrics(self, test_metrics=None):
         if not self.main_process:
@@ -637,8 +643,11 @@ class TrainerBase:
                 loss = sum(parameter.sum() for parameter in self.raw_model.parameters()) * 0.0
                 self.scaler.scale(loss).backward()
             else:
-                # Scaled so that K micro-batches of B give the gradient of one batch of K*B.
-                self.scaler.scale(loss / group_size).backward()
+                # Weighted by its share of the group's samples, so that K micro-batches give the gradient
+                # of one batch of all their samples (mean-reduced loss), also when the last one is short.
+                sampler = self.loaders["train"].sampler
+                sizes = [sampler.batch_size_at(i) for i in range(group_start, group_start + group_size)]
+                self.scaler.scale(loss * (sizes[index - group_start] / sum(sizes))).backward()
                 self.pending_stats.append(self.stats_with_loss(batch, outputs, loss))
         if last_in_group:
             self.optimizer_step(index)
@@ -682,6 +691,7 @@ class TrainerBase:
         if stop or (every and self.global_step % every == 0):
             self.save_checkpoint()
         if stop:
+            distributed.barrier()  # no rank exits (and gets the others killed) before rank 0 has saved
             raise TrainingStopped(self.stop_signal or signal.SIGTERM)
 
     def log_step(self, epoch, batch_number, n_batches, interval_loss, interval_batches, progress):

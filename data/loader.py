@@ -45,8 +45,21 @@ class EpochBatchSampler:
             order = order[self.rank::self.world_size]
         return order
 
+    @property
+    def num_samples(self):
+        """How many indices this process gets per epoch (before drop_last)."""
+        if self.world_size == 1:
+            return self.size
+        if self.pad:
+            return -(-self.size // self.world_size)
+        return len(range(self.rank, self.size, self.world_size))
+
+    def batch_size_at(self, index):
+        """The size of batch `index` of an epoch: full, except perhaps the last."""
+        return min(self.batch_size, self.num_samples - index * self.batch_size)
+
     def __len__(self):
-        size = len(self.indices()) if self.world_size > 1 else self.size
+        size = self.num_samples
         return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
 
     def __iter__(self):

@@ -43,10 +43,16 @@ def atomic_open(path, mode="wb"):
 
 
 def save_atomic(obj, path):
-    """`torch.save` through a temporary file; a full disk raises a `UserError` and keeps the old file."""
+    """`torch.save` through a temporary file; a full disk raises a `UserError` and keeps the old file.
+
+    `obj` may also be the bytes of an object already serialised with `torch.save`.
+    """
     try:
         with atomic_open(path) as handle:
-            torch.save(obj, handle)
+            if isinstance(obj, bytes):
+                handle.write(obj)
+            else:
+                torch.save(obj, handle)
     except OSError as error:
         raise UserError(f"could not write {path}: {error.strerror or error}; the previous file is unchanged") from error
 
@@ -95,6 +101,17 @@ def strip_wrapper_prefixes(state_dict):
     return dict(state_dict)
 
 
+def unwrap(model):
+    """The module inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def weights_of(checkpoint):
     """The model weights in a checkpoint of ours, or a plain state dict saved by other code."""
     if "model" in checkpoint and isinstance(checkpoint["model"], dict):
@@ -112,6 +129,7 @@ def load_weights(model, state_dict, source, partial=False, log=None):
     Missing keys, unexpected keys and shape mismatches are named; with `partial`, only the
     matching tensors are loaded and what was skipped is logged.
     """
+    model = unwrap(model)
     own = model.state_dict()
     if set(state_dict) != set(own):
         state_dict = strip_wrapper_prefixes(state_dict)

@@ -1,0 +1,163 @@
+"""Scale-out on the CPU: DDP under torchrun (gloo), mixed precision, accumulation, compile."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, load_plain, read_json, run_dirs, train_vanilla
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+# SGD: Adam turns rounding noise in near-zero gradients into full-size steps, which hides real mismatches.
+FLAGS = ["--train_val_sample_rate", "0.4", "--test_sample_rate", "0.5", "--dropout", "0", "--n_epoch", "1",
+         "--optim", "sgd", "--lr", "0.05"]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(nproc, *args, timeout=240):
+    """Run a script under torchrun on the CPU; a hang fails the test instead of the whole suite."""
+    command = [*TORCHRUN, "--nproc_per_node", str(nproc), "--master_port", str(free_port()), *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_close_weights(run_a, run_b, atol):
+    first, second = (load_plain(run / "Vanilla_last_ckpt.pth")["model"] for run in (run_a, run_b))
+    for key in first:
+        assert torch.allclose(first[key], second[key], atol=atol), (key, (first[key] - second[key]).abs().max())
+
+
+@pytest.fixture(scope="module")
+def ddp_run(fashion_dir, tmp_path_factory):
+    output = tmp_path_factory.mktemp("ddp")
+    result = torchrun(2, "trainer_vanilla.py", "--data_dir", fashion_dir, "--output_dir", output, "--batch_size", "16",
+                      "--deterministic", *FLAGS, "--n_epoch", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+def test_ddp_writes_one_run_folder(ddp_run):
+    runs = run_dirs(ddp_run)
+    assert len(runs) == 1
+    config = read_json(runs[0] / "config.json")
+    assert config["environment"]["world_size"] == 2
+    metrics = read_json(runs[0] / "metrics.json")
+    assert metrics["status"] == "completed" and len(metrics["history"]) == 2
+
+
+def test_ddp_test_metrics_count_every_sample_once(ddp_run, tmp_path):
+    """The single-process evaluator on the same checkpoint gives the same accuracy: the test set
+    was neither padded nor split unevenly into the metric."""
+    from eval_vanilla import VanillaEvaluator
+    run = run_dirs(ddp_run)[0]
+    assert VanillaEvaluator.main(["--model_path", str(run / "Vanilla_best_ckpt.pth"), "--save_path", str(tmp_path)]) == 0
+    evaluated = read_json(tmp_path / "metrics.json")["metrics"]
+    trained = read_json(run / "metrics.json")["test"]
+    assert evaluated["test/accuracy"] == trained["test/accuracy"]
+    assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-6)
+
+
+def test_two_ranks_of_batch_b_match_one_process_of_batch_2b(fashion_dir, ddp_run, tmp_path):
+    single = train_vanilla(fashion_dir, tmp_path, "--batch_size", "32", *FLAGS, "--n_epoch", "2")
+    assert_close_weights(run_dirs(ddp_run)[0], single, atol=1e-5)
+
+
+def test_accumulation_equals_one_big_batch(fashion_dir, tmp_path):
+    big = train_vanilla(fashion_dir, tmp_path / "big", "--batch_size", "32", *FLAGS)
+    accumulated = train_vanilla(fashion_dir, tmp_path / "accum", "--batch_size", "8", "--accum_steps", "4", *FLAGS)
+    assert load_plain(big / "Vanilla_last_ckpt.pth")["global_step"] == \
+        load_plain(accumulated / "Vanilla_last_ckpt.pth")["global_step"]
+    assert_close_weights(big, accumulated, atol=1e-5)
+
+
+def test_accumulated_gradient_equals_the_big_batch_gradient(fashion_dir):
+    """One optimizer step of K micro-batches of B has the gradient of one batch of K*B."""
+    from trainer_vanilla import VanillaTrainer
+    gradients = []
+    for batch_size, accum in ((24, 1), (8, 3)):
+        args, _ = VanillaTrainer.parse(["--data_dir", str(fashion_dir), "--batch_size", str(batch_size),
+                                        "--accum_steps", str(accum), "--dropout", "0", "--lr", "1e-12"])
+        trainer = VanillaTrainer(args)
+        trainer.setup_runtime()
+        trainer.setup_data()
+        trainer.setup_model()
+        trainer.setup_optimization()
+        captured = []
+        trainer.optimizer.step = lambda: captured.append([p.grad.clone() for p in trainer.raw_model.parameters()])
+        trainer.pending_stats, trainer.stop_signal = [], None
+        batches = iter(trainer.loaders["train"])
+        for index in range(accum):
+            batch = trainer.prepare_batch(trainer.to_device(next(batches)), True, torch.Generator())
+            trainer.train_batch(batch, index, len(trainer.loaders["train"]))
+        gradients.append(captured[0])
+    for big, accumulated in zip(*gradients):
+        assert torch.allclose(big, accumulated, atol=1e-6)
+
+
+def test_sigterm_on_one_rank_stops_all_with_one_saved_state(fashion_dir, tmp_path):
+    command = [*TORCHRUN, "--nproc_per_node", "2", "--master_port", str(free_port()), "trainer_vanilla.py",
+               "--data_dir", str(fashion_dir), "--output_dir", str(tmp_path), "--batch_size", "2", "--n_epoch", "20",
+               "--log_every_n_steps", "20"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (list(tmp_path.glob("*/log.txt")) and "epoch 1 step" in list(tmp_path.glob("*/log.txt"))[0].read_text()):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.1)
+        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        assert len(workers) == 2
+        os.kill(int(workers[-1]), signal.SIGTERM)  # not rank 0: the rank that writes must still save
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    run = run_dirs(tmp_path)[0]
+    state = load_plain(run / "Vanilla_last_ckpt.pth")
+    assert state["epoch"] == 0 and state["batches_done"] > 0 and state["world_size"] == 2
+    assert "Resume with: torchrun --nproc_per_node 2" in (run / "log.txt").read_text()
+
+
+def test_bf16_autocast_on_cpu_learns(fashion_dir, tmp_path):
+    run = train_vanilla(fashion_dir, tmp_path, "--amp", "--amp_dtype", "bf16", "--n_epoch", "2")
+    assert read_json(run / "metrics.json")["test"]["test/accuracy"] > 0.5
+
+
+def test_fp16_grad_scaler_state_is_checkpointed(fashion_dir, tmp_path):
+    run = train_vanilla(fashion_dir, tmp_path, "--amp", "--amp_dtype", "fp16", *FLAGS)
+    state = load_plain(run / "Vanilla_last_ckpt.pth")
+    assert state["scaler"]["scale"] > 0 and "_growth_tracker" in state["scaler"]
+    assert read_json(run / "metrics.json")["skipped_steps"] >= 0
+
+
+def test_compiled_model_checkpoint_loads_into_a_plain_model_and_back(fashion_dir, tmp_path):
+    from model.vanilla_model import VanillaMLP
+    from utils.checkpoint import load_weights
+    run = train_vanilla(fashion_dir, tmp_path / "compiled", "--compile", "--compile_backend", "eager", *FLAGS)
+    weights = load_plain(run / "Vanilla_best_ckpt.pth")["model"]
+    assert not any("_orig_mod" in key for key in weights)
+    plain = VanillaMLP()
+    load_weights(plain, weights, "best")
+    compiled = torch.compile(VanillaMLP(), backend="eager")
+    load_weights(compiled, plain.state_dict(), "plain")
+    assert all(torch.equal(a, b) for a, b in zip(compiled.state_dict().values(), weights.values()))
+    # and a compiled run starts from a plain checkpoint
+    again = train_vanilla(fashion_dir, tmp_path / "again", "--compile", "--compile_backend", "eager",
+                          "--model_path", run / "Vanilla_best_ckpt.pth", "--pretrained", *FLAGS)
+    assert read_json(again / "metrics.json")["status"] == "completed"
+
+
+def test_channels_last_unet_trains(carvana_dir, tmp_path):
+    from conftest import train_seg
+    run = train_seg(carvana_dir, tmp_path, "--channels_last", "--n_epoch", "1")
+    assert (run / "UNet_best_ckpt.pth").is_file()
