@@ -1,10 +1,17 @@
 """Shared fixtures: small generated datasets in the official on-disk formats."""
 import json
+import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# The models here are tiny: one thread per process is fastest, and it keeps OpenMP threads from
+# spinning against each other when a test runs several processes (torchrun) on two cores.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 
