@@ -1,4 +1,8 @@
-"""The console and `log.txt` show the same timestamped lines; other ranks speak only of problems."""
+"""The console and `log.txt` show the same timestamped lines; other ranks speak only of problems.
+
+Lines logged before the run folder exists (loading the data, building the model) are kept and
+written to `log.txt` once it is opened, so the file holds the whole story of the run.
+"""
 import logging
 import sys
 
@@ -17,19 +21,34 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _EarlyRecords(logging.Handler):
+    """Keeps the records logged before a log file is attached."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 def setup_logger(name="torch_template", log_file=None, main_process=True):
+    """Console logging; with `log_file`, also that file, starting with the lines logged so far."""
     logger = logging.getLogger(name)
+    early = next((handler.records for handler in logger.handlers if isinstance(handler, _EarlyRecords)), [])
+    close_logger(logger)
     logger.setLevel(logging.INFO if main_process else logging.WARNING)
     logger.propagate = False
-    for handler in list(logger.handlers):
-        handler.close()
-        logger.removeHandler(handler)
     console = _TqdmHandler(sys.stderr)
     console.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))
     logger.addHandler(console)
-    if log_file is not None:
+    if log_file is None:
+        logger.addHandler(_EarlyRecords())
+    else:
         file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
         file_handler.setFormatter(logging.Formatter(FORMAT, "%Y-%m-%d %H:%M:%S"))
+        for record in early:
+            file_handler.handle(record)
         logger.addHandler(file_handler)
     return logger
 
