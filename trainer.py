@@ -465,6 +465,9 @@ class TrainerBase:
         if not self.main_process:
             return
         self.log = setup_logger(log_file=self.run_dir / "log.txt")
+        for stale in self.run_dir.glob(".*.tmp"):  # a half-written file of a process that was killed
+            stale.unlink()
+            self.log.info(f"removed {stale.name}, left by an interrupted write")
         self.write_config()
         split_path = self.run_dir / "split.json"
         if self.resume_checkpoint is None:
