@@ -8,15 +8,6 @@ from model.unet import UNet
 from model.unetpp import UNetPlusPlus
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second thread adds no speed but waits on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("bilinear", [True, False])
 @pytest.mark.parametrize("size", [(37, 53), (32, 48), (5, 3)])
 def test_unet_output_matches_input_size(bilinear, size):

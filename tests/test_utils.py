@@ -33,15 +33,6 @@ from utils.seed import get_rng_state, set_rng_state
 from utils.timestamp import make_run_dir
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Every tensor here is tiny: a second thread adds no speed but waits on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- utils/meter.py ---------------------------------------------------------------------------
 
 def test_average_meter_weights_by_batch_size():
