@@ -508,8 +508,7 @@ class TrainerBase:
         self.skipped_steps = checkpoint["skipped_steps"]
         self.nonfinite_batches = checkpoint["nonfinite_batches"]
         self.history = list(checkpoint["history"])
-        self.epoch_sums.add({name: value for name, value in checkpoint["epoch_sums"].items()})
-        self.epoch_sums.sums = {name: value.to(self.device) for name, value in self.epoch_sums.sums.items()}
+        self.epoch_sums.load_state_dict(checkpoint["epoch_sums"], self.device)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self):
@@ -519,7 +518,7 @@ class TrainerBase:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "early_stopper": self.stopper.state_dict(), "epoch": self.epoch, "batches_done": self.batches_done,
-            "epoch_sums": {name: value.cpu() for name, value in self.epoch_sums.sums.items()},
+            "epoch_sums": self.epoch_sums.state_dict(),
             "global_step": self.global_step, "skipped_steps": self.skipped_steps,
             "nonfinite_batches": self.nonfinite_batches, "best_metric": self.stopper.best,
             "best_epoch": self.stopper.best_epoch, "history": self.history, "rng": get_rng_state(),
@@ -575,8 +574,6 @@ class TrainerBase:
         loader.sampler.set_epoch(epoch, skip)
         n_batches = len(loader.sampler)
         sums = self.epoch_sums if train else MetricSums()
-        if not train:
-            sums.sums = {}
         progress = self.progress(loader, phase, epoch, skip, n_batches)
         interval_loss = torch.zeros((), device=self.device)
         interval_batches = 0
@@ -615,8 +612,8 @@ class TrainerBase:
     def stats_with_loss(self, batch, outputs, loss):
         size = self.batch_size_of(batch)
         stats = self.batch_stats(batch, outputs)
-        stats["loss_sum"] = loss.detach().float() * size
-        stats["loss_samples"] = torch.tensor(float(size), device=self.device)
+        stats["loss_sum"] = loss.detach() * size
+        stats["loss_samples"] = size
         return stats
 
     def metrics_with_loss(self, totals):

@@ -895,7 +895,7 @@ def test_classification_stats_counts():
     logits, target = _classification_batch()
     stats = classification_stats(logits, target, topk=(2, 3, 5))
     assert set(stats) == {"samples", "correct", "correct_top2", "confusion"}  # top-k only below n_classes
-    assert stats["samples"].item() == 4
+    assert stats["samples"] == 4
     assert stats["correct"].item() == 3
     assert stats["correct_top2"].item() == 4
     assert torch.equal(stats["confusion"], torch.tensor([[1, 0, 0], [0, 1, 1], [0, 0, 1]]))
@@ -954,10 +954,10 @@ def test_segmentation_stats_single_channel():
     predicted[1, 2, 2] = True            # image 1 has an empty target
     logits = torch.where(predicted, 8.0, -8.0)[:, None]
     stats = segmentation_stats(logits, target)
-    assert stats["images"].item() == 2
+    assert stats["images"] == 2
     assert stats["dice_sum"].item() == pytest.approx(2 * 2 / 5 + 0.0)
     assert stats["iou_sum"].item() == pytest.approx(2 / 3 + 0.0)
-    assert stats["pixels"].item() == 18
+    assert stats["pixels"] == 18
     assert stats["correct_pixels"].item() == 16
     metrics = segmentation_metrics(_summed(stats))
     assert metrics["dice"] == pytest.approx(0.4)
@@ -1100,3 +1100,14 @@ def test_fashion_mnist_swapped_or_mismatched_files(tmp_path):
     (folder / labels).write_bytes((folder / images).read_bytes())
     with pytest.raises(UserError, match="swapped"):
         FashionMNIST(tmp_path)
+
+
+def test_metric_sums_mix_tensors_and_counts_and_round_trip():
+    sums = MetricSums()
+    sums.add({"correct": torch.tensor(3), "samples": 4, "confusion": torch.eye(2, dtype=torch.long)})
+    sums.add({"correct": torch.tensor(1), "samples": 2, "confusion": torch.eye(2, dtype=torch.long)})
+    restored = MetricSums()
+    restored.load_state_dict(sums.state_dict(), "cpu")
+    for totals in (sums.reduced(), restored.reduced()):
+        assert totals["correct"] == 4.0 and totals["samples"] == 6
+        assert torch.equal(totals["confusion"], 2 * torch.eye(2, dtype=torch.float64))

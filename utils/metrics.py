@@ -10,8 +10,7 @@ def classification_stats(logits, target, topk=(5,)):
     """Correct counts (top-1 and top-k), sample count and a confusion matrix for one batch."""
     n_classes = logits.shape[1]
     prediction = logits.argmax(dim=1)
-    stats = {"samples": torch.tensor(float(target.numel()), device=logits.device),
-             "correct": (prediction == target).sum()}
+    stats = {"samples": target.numel(), "correct": (prediction == target).sum()}
     for k in topk:
         if k < n_classes:
             top = logits.topk(k, dim=1).indices
@@ -63,8 +62,7 @@ def segmentation_stats(logits, target, threshold=0.5):
     target = target.reshape(target.shape[0], *logits.shape[2:])
     predicted = binary_masks(logits, threshold)
     dice, iou = dice_iou_per_image(predicted, target > 0)
-    return {"images": torch.tensor(float(target.shape[0]), device=logits.device), "dice_sum": dice.sum(),
-            "iou_sum": iou.sum(), "pixels": torch.tensor(float(target.numel()), device=logits.device),
+    return {"images": target.shape[0], "dice_sum": dice.sum(), "iou_sum": iou.sum(), "pixels": target.numel(),
             "correct_pixels": (predicted == (target > 0)).sum()}
 
 
