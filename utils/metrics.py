@@ -7,22 +7,23 @@ import torch
 
 
 def classification_stats(logits, target, topk=(5,)):
-    """Correct counts (top-1 and top-k), sample count and a confusion matrix for one batch."""
+    """A confusion matrix (rows: true class, columns: prediction), top-k hits and the sample count
+    of one batch; top-1 accuracy and per-class accuracy both come from the confusion matrix."""
     n_classes = logits.shape[1]
     prediction = logits.argmax(dim=1)
-    stats = {"samples": target.numel(), "correct": (prediction == target).sum()}
+    stats = {"samples": target.numel(),
+             "confusion": torch.bincount(target * n_classes + prediction,
+                                         minlength=n_classes * n_classes).reshape(n_classes, n_classes)}
     for k in topk:
         if k < n_classes:
             top = logits.topk(k, dim=1).indices
             stats[f"correct_top{k}"] = (top == target[:, None]).any(dim=1).sum()
-    stats["confusion"] = torch.bincount(target * n_classes + prediction,
-                                        minlength=n_classes * n_classes).reshape(n_classes, n_classes)
     return stats
 
 
 def classification_metrics(totals):
     samples = totals["samples"]
-    metrics = {"accuracy": totals["correct"] / samples}
+    metrics = {"accuracy": float(totals["confusion"].trace()) / samples}
     for name, value in totals.items():
         if name.startswith("correct_top"):
             metrics[f"top{name[len('correct_top'):]}_accuracy"] = value / samples
