@@ -128,6 +128,12 @@ def test_sigterm_on_one_rank_stops_all_with_one_saved_state(fashion_dir, tmp_pat
     state = load_plain(run / "Vanilla_last_ckpt.pth")
     assert state["epoch"] == 0 and state["batches_done"] > 0 and state["world_size"] == 2
     assert "Resume with: torchrun --nproc_per_node 2" in (run / "log.txt").read_text()
+    # and the run resumes under torchrun, in the same folder
+    result = torchrun(2, "trainer_vanilla.py", "--resume", run, "--n_epoch", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert run_dirs(tmp_path) == [run]
+    metrics = read_json(run / "metrics.json")
+    assert metrics["status"] == "completed" and metrics["global_step"] == 338  # 1350 samples: 675 per rank, batches of 2
 
 
 def test_bf16_autocast_on_cpu_learns(fashion_dir, tmp_path):
