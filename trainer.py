@@ -98,6 +98,7 @@ class TrainerBase:
     model_types = ()  # names from model/model_entry.MODELS that this task offers
     data_types = ()  # names from data/data_entry.DATASETS that this task offers
     metric_names = ("loss",)  # what compute_metrics returns, plus "loss"; --monitor must name one
+    eval_stats_every = 16  # evaluated batches whose batch_stats are computed together (1: keep memory flat)
 
     # ------------------------------------------------------------------ options
     @classmethod
@@ -578,6 +579,7 @@ class TrainerBase:
         interval_loss = torch.zeros((), device=self.device)
         interval_batches = 0
         self.pending_stats = []
+        pending = []  # evaluated (batch, outputs) whose statistics are not computed yet
         with torch.set_grad_enabled(train):
             for index, batch in enumerate(progress, start=skip):
                 batch = self.to_device(batch)
@@ -598,16 +600,30 @@ class TrainerBase:
                     batch = self.prepare_batch(batch, False, None)
                     with self.autocast():
                         loss, outputs = self.forward_batch(model, batch)
-                    sums.add(self.stats_with_loss(batch, outputs, loss))
+                    size = self.batch_size_of(batch)
+                    sums.add({"loss_sum": loss.detach() * size, "loss_samples": size})
+                    pending.append((batch, outputs.detach()))
+                    if len(pending) == self.eval_stats_every:
+                        self.add_pending_stats(sums, pending)
                     if phase == "val" and index == 0 and self.writer is not None:
                         self.visualize(self.writer, epoch + 1, batch, outputs)
                     if on_batch is not None:
                         on_batch(batch, outputs, index)
+        self.add_pending_stats(sums, pending)
         if hasattr(progress, "close"):
             progress.close()
         totals = sums.reduced()
         metrics = {f"{phase}/{name}": float(value) for name, value in self.metrics_with_loss(totals).items()}
         return metrics, totals
+
+    def add_pending_stats(self, sums, pending):
+        """Statistics of several evaluated batches at once: the same sums from a few large operations
+        instead of many small ones, which dominate the evaluation of a small model."""
+        if pending:
+            batches, outputs = zip(*pending)
+            sums.add(self.batch_stats(concatenate(batches), torch.cat(outputs)) if len(pending) > 1
+                     else self.batch_stats(batches[0], outputs[0]))
+            pending.clear()
 
     def stats_with_loss(self, batch, outputs, loss):
         size = self.batch_size_of(batch)
@@ -855,6 +871,18 @@ class TrainerBase:
         if self.stopper.best is not None:
             final[f"hparam/best_{self.args.monitor}"] = self.stopper.best
         self.writer.add_hparams(hparams, final, run_name="hparams")
+
+
+def concatenate(batches):
+    """One batch from several of the same structure (tensors, or tuples / lists / dicts of them)."""
+    first = batches[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(batches)
+    if isinstance(first, (list, tuple)):
+        return type(first)(concatenate(parts) for parts in zip(*batches))
+    if isinstance(first, dict):
+        return {key: concatenate([batch[key] for batch in batches]) for key in first}
+    return first
 
 
 def git_state():

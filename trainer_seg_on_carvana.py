@@ -23,6 +23,7 @@ class SegOnCarvanaTrainer(TrainerBase):
     model_types = ("UNet", "UNet++")
     data_types = ("Carvana",)
     metric_names = ("loss", "dice", "iou", "pixel_accuracy")
+    eval_stats_every = 1  # full-size masks and logits: no point holding several batches
 
     @classmethod
     def add_task_arguments(cls, parser):

@@ -63,6 +63,11 @@ class EpochBatchSampler:
         return size // self.batch_size if self.drop_last else -(-size // self.batch_size)
 
     def __iter__(self):
+        if not self.shuffle and self.world_size == 1:
+            # In order and unsharded, a batch is a range: slicing it costs nothing, gathering does.
+            stop = self.size - self.size % self.batch_size if self.drop_last else self.size
+            return (slice(start, min(start + self.batch_size, stop))
+                    for start in range(self.skip * self.batch_size, stop, self.batch_size))
         indices = self.indices()
         if len(indices) == 0:  # split() would give one empty batch
             return iter(())
@@ -79,7 +84,8 @@ class _IndexLists:
         self.sampler = sampler
 
     def __iter__(self):
-        return (batch.tolist() for batch in self.sampler)
+        return (list(range(batch.start, batch.stop)) if isinstance(batch, slice) else batch.tolist()
+                for batch in self.sampler)
 
     def __len__(self):
         return len(self.sampler)
@@ -91,6 +97,10 @@ class Subset:
     def __init__(self, dataset, indices):
         self.dataset = dataset
         self.indices = torch.as_tensor(indices, dtype=torch.long)
+        # A run of consecutive indices (an official test set, say) lets a slice of the view be a
+        # slice of the dataset.
+        first = int(self.indices[0]) if len(self.indices) else 0
+        self.offset = first if torch.equal(self.indices, torch.arange(first, first + len(self.indices))) else None
 
     @property
     def batched(self):
@@ -103,6 +113,9 @@ class Subset:
         return self.dataset[int(self.indices[index])]
 
     def get_batch(self, indices):
+        """`indices`: a LongTensor of positions in this view, or a slice of them."""
+        if isinstance(indices, slice) and self.offset is not None:
+            return self.dataset.get_batch(slice(indices.start + self.offset, indices.stop + self.offset))
         return self.dataset.get_batch(self.indices[indices])
 
 

@@ -340,11 +340,25 @@ def test_sampler_order_depends_on_seed_and_epoch_only():
     assert [len(batch) for batch in epoch_two] == [8] * 6 + [2]
 
 
-def test_sampler_without_shuffle_is_in_order():
+def test_sampler_without_shuffle_gives_slices_in_order():
     sampler = EpochBatchSampler(10, 3, shuffle=False, seed=5)
     sampler.set_epoch(4)
-    assert torch.equal(torch.cat(_batches(sampler)), torch.arange(10))
+    assert list(sampler) == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 10)]
     assert len(sampler) == 4
+    sampler.set_epoch(4, skip_batches=2)
+    assert list(sampler) == [slice(6, 9), slice(9, 10)]
+    dropping = EpochBatchSampler(10, 3, shuffle=False, drop_last=True)
+    assert list(dropping) == [slice(0, 3), slice(3, 6), slice(6, 9)] and len(dropping) == 3
+
+
+def test_subset_slices_a_consecutive_view_and_gathers_otherwise():
+    dataset = _InMemory()
+    consecutive, scattered = Subset(dataset, torch.arange(5, 15)), Subset(dataset, torch.arange(20, 0, -2))
+    assert consecutive.offset == 5 and scattered.offset is None
+    for view in (consecutive, scattered):
+        images, labels = view.get_batch(slice(2, 6))
+        expected = view.indices[2:6]
+        assert torch.equal(images, dataset.images[expected]) and torch.equal(labels, dataset.labels[expected])
 
 
 @pytest.mark.parametrize("world_size, rank", [(1, 0), (2, 1)])
