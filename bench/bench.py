@@ -1,0 +1,704 @@
+"""Speed, memory and start-up time of the toolkit against a hand-written loop and the naive template loop.
+
+    python bench/bench.py                       # full run: 60,000 training samples, 3 repeats
+    python bench/bench.py --quick               # smoke run: a few seconds per contender
+    python bench/bench.py --device cpu --repeats 5 --out bench/results.json
+
+Contenders (the same model, optimizer, batch size 64 and seed; torch's default thread count):
+
+1. toolkit: `VanillaTrainer.fit()` with its normal logging, TensorBoard and a checkpoint per
+   epoch. Training speed is train samples / `train_time_s` from the run's metrics.json;
+   evaluation speed times `trainer.run_epoch("test")` on the trained trainer.
+2. hand-written: uint8 tensors preloaded on the device, a `randperm` per epoch and slices of it,
+   normalisation on the fly, no per-step `.item()`.
+3. naive: torchvision's FashionMNIST with ToTensor + Normalize through a DataLoader
+   (num_workers=0) and the loop of the popular templates, `loss.item()` on every step.
+
+Each contender runs in its own fresh process, so its peak memory (ru_maxrss) is its own and
+every contender starts from the same conditions. The three processes take turns: only one works
+at a time, for one epoch or one evaluation pass, then hands over (1, 2, 3, 1, 2, 3, ...), so
+that load from other programs spreads over all of them. A speed is the median over the epochs
+after each process's first, which is a warm-up; `--repeats` starts that many trios of processes.
+Cells show the median and, after "±", half the interquartile range relative to it. A ratio is
+the median of paired ratios: the toolkit's n-th epoch (pass, process) against the hand-written
+loop's n-th, which ran right after it, so that a slow stretch caused by other programs mostly
+hits both sides of a pair.
+
+glibc's malloc decides from a process's history whether freed memory goes back to the system:
+a loop that frees and reallocates its gradients every step may then page-fault on every step,
+by chance of what the process freed before (the toolkit's data loading happens to prevent it, a
+bare loop's does not; that alone moved the hand-written loop by 10-25%). So every contender runs
+with the same fixed thresholds (MALLOC_ENV below); `--default_malloc` leaves glibc's defaults.
+The "page faults / train step" row shows what each contender met.
+
+The UNet section (skip it with --skip_unet) trains SegOnCarvanaTrainer on generated photos of
+Carvana's size (1918x1280 JPEG + GIF mask pairs) resized to 128x192, in this process, epoch by
+epoch in turns: the toolkit with its memory cache ("toolkit"), the same toolkit decoding every
+pair every epoch with --cache none (in the "naive" column), and a plain loop over preloaded
+tensors with the same UNet, Adam, bce+dice loss and batch 8 ("hand-written"). The cache's first
+fill, which the toolkit pays once per run, is reported on its own row.
+
+Limits: the data is synthetic (data/synthetic_fashion_mnist.py), in the official files' format
+and sizes; a dataset of this size trains at the same speed whatever the pixels hold. Memory is
+compared on whole processes: the toolkit's also holds TensorBoard and its validation split.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BATCH_SIZE = 64
+LEARNING_RATE = 1e-3
+DROPOUT = 0.2
+MEAN, STD = 0.2860, 0.3530  # FashionMNIST pixel statistics, as the toolkit's task uses
+CONTENDERS = ("toolkit", "handwritten", "naive")
+LABELS = {"toolkit": "toolkit", "handwritten": "hand-written", "naive": "naive"}
+
+# Targets for the toolkit against the hand-written loop: row key -> (comparison, bound).
+TARGETS = {
+    "train": (">=", 0.95),
+    "eval": (">=", 0.90),
+    "memory": ("<=", 1.10),
+    "startup": ("<=", 1.20),
+}
+
+# Memory below 32 MiB is reused rather than returned to the system, in every contender alike.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+
+FULL = {"n_train": 60000, "n_test": 10000, "epochs": 6, "repeats": 3, "eval_passes": 5, "startup_runs": 5}
+QUICK = {"n_train": 6000, "n_test": 2000, "epochs": 3, "repeats": 1, "eval_passes": 3, "startup_runs": 3}
+
+
+# ---------------------------------------------------------------------------- contenders
+# Each runs in a child process, reads its settings from a dict, and returns a dict of raw timings.
+
+def peak_rss_mib():
+    """This process's peak resident memory. Linux's ru_maxrss keeps the high-water mark of the
+    parent it was forked from across exec, so VmHWM, which belongs to this address space, comes first."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def minor_faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def synchronize(device):
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Baton:
+    """Taking turns with the other contenders: `wait()` tells the parent this process is idle and
+    blocks until the parent says go. Returns the seconds spent waiting."""
+
+    def __init__(self, ready_fd):
+        self.ready_fd = ready_fd
+
+    def wait(self):
+        start = time.perf_counter()
+        os.write(self.ready_fd, b"ready\n")
+        if not sys.stdin.readline():
+            raise SystemExit("the benchmark's parent process has gone")
+        return time.perf_counter() - start
+
+
+def run_toolkit(config, baton):
+    from trainer_vanilla import VanillaTrainer
+
+    waits, faults = [], []
+
+    class TakingTurns(VanillaTrainer):
+        """Waits for its turn before each training epoch. The wait falls inside the epoch's
+        `train_time_s`, so it is recorded and taken off again."""
+
+        def run_epoch(self, phase, epoch=0, on_batch=None):
+            if phase != "train":
+                return super().run_epoch(phase, epoch, on_batch)
+            waits.append(baton.wait())
+            before = minor_faults()
+            result = super().run_epoch(phase, epoch, on_batch)
+            faults.append(minor_faults() - before)
+            return result
+
+    argv = ["--data_dir", config["data_dir"], "--n_epoch", str(config["epochs"]),
+            "--output_dir", config["output_dir"], "--seed", str(config["seed"]),
+            "--batch_size", str(BATCH_SIZE), "--lr", str(LEARNING_RATE), "--dropout", str(DROPOUT),
+            "--gpu_devices", "cpu" if config["device"] == "cpu" else "0"]
+    args, resume_checkpoint = VanillaTrainer.parse(argv)
+    trainer = TakingTurns(args, resume_checkpoint)
+    trainer.fit()
+    history = json.loads((trainer.run_dir / "metrics.json").read_text())["history"]
+    train_seconds = [record["train_time_s"] - wait for record, wait in zip(history, waits)]
+    # fit() already ran one test pass (of the best checkpoint): that is the evaluation warm-up.
+    eval_seconds = []
+    for _ in range(config["eval_passes"]):
+        baton.wait()
+        start = time.perf_counter()
+        trainer.run_epoch("test")
+        eval_seconds.append(time.perf_counter() - start)
+    return {"train_samples": len(trainer.datasets["train"]), "train_epoch_s": train_seconds,
+            "train_steps": len(trainer.loaders["train"]), "train_faults": faults,
+            "eval_samples": len(trainer.datasets["test"]), "eval_pass_s": eval_seconds}
+
+
+def read_unpacked_idx(path):
+    """An unpacked IDX file of uint8 values as a tensor."""
+    import numpy as np
+    import torch
+    with open(path, "rb") as handle:
+        magic = int.from_bytes(handle.read(4), "big")
+        n_dims = magic & 0xFF
+        shape = [int.from_bytes(handle.read(4), "big") for _ in range(n_dims)]
+        return torch.from_numpy(np.fromfile(handle, dtype=np.uint8).reshape(shape))
+
+
+def load_preloaded(data_dir, split, device):
+    prefix = "train" if split == "train" else "t10k"
+    folder = Path(data_dir) / "FashionMNIST" / "raw"
+    images = read_unpacked_idx(folder / f"{prefix}-images-idx3-ubyte").unsqueeze(1).to(device)
+    labels = read_unpacked_idx(folder / f"{prefix}-labels-idx1-ubyte").long().to(device)
+    return images, labels
+
+
+def run_handwritten(config, baton):
+    import torch
+
+    from model.vanilla_model import VanillaMLP
+
+    device = torch.device(config["device"])
+    train_images, train_labels = load_preloaded(config["data_dir"], "train", device)
+    test_images, test_labels = load_preloaded(config["data_dir"], "test", device)
+    torch.manual_seed(config["seed"])
+    model = VanillaMLP(dropout=DROPOUT).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    mean, std = MEAN * 255, STD * 255
+
+    def train_epoch():
+        model.train()
+        n = len(train_labels)
+        order = torch.randperm(n, device=device)
+        loss_sum = torch.zeros((), device=device)
+        for start in range(0, n, BATCH_SIZE):
+            indices = order[start:start + BATCH_SIZE]
+            images = (train_images[indices].float() - mean) / std
+            loss = loss_fn(model(images), train_labels[indices])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+        return float(loss_sum)
+
+    def evaluate():
+        model.eval()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        with torch.no_grad():
+            for start in range(0, len(test_labels), BATCH_SIZE):
+                images = (test_images[start:start + BATCH_SIZE].float() - mean) / std
+                labels = test_labels[start:start + BATCH_SIZE]
+                logits = model(images)
+                loss_sum += loss_fn(logits, labels) * len(labels)
+                correct += (logits.argmax(dim=1) == labels).sum()
+        return float(loss_sum) / len(test_labels), int(correct) / len(test_labels)
+
+    return timed_epochs(config, baton, device, train_epoch, evaluate, len(train_labels), len(test_labels),
+                        steps=-(-len(train_labels) // BATCH_SIZE))
+
+
+def run_naive(config, baton):
+    import torch
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    from model.vanilla_model import VanillaMLP
+
+    device = torch.device(config["device"])
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+    train_set = datasets.FashionMNIST(config["data_dir"], train=True, download=False, transform=transform)
+    test_set = datasets.FashionMNIST(config["data_dir"], train=False, download=False, transform=transform)
+    train_loader = DataLoader(train_set, batch_size=BATCH_SIZE, shuffle=True, num_workers=0)
+    test_loader = DataLoader(test_set, batch_size=BATCH_SIZE, shuffle=False, num_workers=0)
+    torch.manual_seed(config["seed"])
+    model = VanillaMLP(dropout=DROPOUT).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def train_epoch():
+        model.train()
+        running_loss = 0.0
+        for images, labels in train_loader:
+            images, labels = images.to(device), labels.to(device)
+            optimizer.zero_grad()
+            loss = loss_fn(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+        return running_loss / len(train_loader)
+
+    def evaluate():
+        model.eval()
+        loss_sum, correct = 0.0, 0
+        with torch.no_grad():
+            for images, labels in test_loader:
+                images, labels = images.to(device), labels.to(device)
+                logits = model(images)
+                loss_sum += loss_fn(logits, labels).item() * len(labels)
+                correct += (logits.argmax(dim=1) == labels).sum().item()
+        return loss_sum / len(test_set), correct / len(test_set)
+
+    return timed_epochs(config, baton, device, train_epoch, evaluate, len(train_set), len(test_set),
+                        steps=len(train_loader))
+
+
+def timed_epochs(config, baton, device, train_epoch, evaluate, train_samples, eval_samples, steps):
+    """Times `epochs` training epochs, then one untimed and `eval_passes` timed evaluations, each
+    timed one in its own turn (the untimed evaluation ends the last epoch's turn, as in the toolkit)."""
+    train_seconds, faults = [], []
+    for _ in range(config["epochs"]):
+        baton.wait()
+        synchronize(device)
+        before = minor_faults()
+        start = time.perf_counter()
+        train_epoch()
+        synchronize(device)
+        train_seconds.append(time.perf_counter() - start)
+        faults.append(minor_faults() - before)
+    evaluate()
+    eval_seconds = []
+    for _ in range(config["eval_passes"]):
+        baton.wait()
+        start = time.perf_counter()
+        evaluate()
+        synchronize(device)
+        eval_seconds.append(time.perf_counter() - start)
+    return {"train_samples": train_samples, "train_epoch_s": train_seconds, "train_steps": steps,
+            "train_faults": faults, "eval_samples": eval_samples, "eval_pass_s": eval_seconds}
+
+
+WORKERS = {"toolkit": run_toolkit, "handwritten": run_handwritten, "naive": run_naive}
+
+
+def worker_main(name, config_path):
+    config = json.loads(Path(config_path).read_text())
+    result = WORKERS[name](config, Baton(config["ready_fd"]))
+    import torch
+    result["threads"] = torch.get_num_threads()
+    result["peak_rss_mib"] = peak_rss_mib()
+    Path(config["result_path"]).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------- statistics
+
+def median_and_spread(values):
+    """The median and half the interquartile range relative to it (0 for fewer than 2 values)."""
+    middle = statistics.median(values)
+    if len(values) < 2 or middle == 0:
+        return middle, 0.0
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return middle, (high - low) / 2 / middle
+
+
+def rates(samples, seconds):
+    return [samples / s for s in seconds]
+
+
+def check(key, ratio):
+    comparison, bound = TARGETS[key]
+    passed = ratio >= bound if comparison == ">=" else ratio <= bound
+    return f"{comparison} {bound:.2f}", "PASS" if passed else "FAIL"
+
+
+def paired_ratio(numerators, denominators):
+    return statistics.median(a / b for a, b in zip(numerators, denominators))
+
+
+def make_row(section, key, measure, values, better, compare=True):
+    """A table row from per-contender sample lists, paired by position; `better` is "higher" or "lower".
+    Without `compare`, the row shows the values alone, with no ratios."""
+    summary = {name: median_and_spread(samples) for name, samples in values.items() if samples}
+    best = {name: (max if better == "higher" else min)(samples) for name, samples in values.items() if samples}
+    row = {"section": section, "key": key, "measure": measure, "better": better, "compare": compare,
+           "median": {name: middle for name, (middle, _) in summary.items()},
+           "spread": {name: spread for name, (_, spread) in summary.items()},
+           "best": best, "samples": values}
+    if not compare:
+        return row
+    if "handwritten" in summary:
+        row["toolkit/handwritten"] = paired_ratio(values["toolkit"], values["handwritten"])
+        row["toolkit/handwritten_best"] = best["toolkit"] / best["handwritten"]
+    if "naive" in summary:
+        row["toolkit/naive"] = paired_ratio(values["toolkit"], values["naive"])
+    if key in TARGETS and "toolkit/handwritten" in row:
+        row["target"], row["result"] = check(key, row["toolkit/handwritten"])
+    return row
+
+
+# ---------------------------------------------------------------------------- orchestration
+
+def code_version():
+    """The repository's commit, marked when files differ from it, or "unknown"."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10)
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if commit.returncode != 0:
+        return "unknown"
+    return commit.stdout.strip() + (" with uncommitted changes" if changed.stdout.strip() else "")
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+class Contender:
+    """A contender's process, started at once and then run one turn at a time."""
+
+    def __init__(self, name, config, scratch, index, environment):
+        self.name = name
+        self.config_path = scratch / f"{name}_{index}_config.json"
+        self.result_path = scratch / f"{name}_{index}.json"
+        self.log_path = scratch / f"{name}_{index}.log"
+        ready_read, ready_write = os.pipe()
+        config = dict(config, output_dir=str(scratch / f"runs_{index}"), result_path=str(self.result_path),
+                      ready_fd=ready_write)
+        self.config_path.write_text(json.dumps(config))
+        with open(self.log_path, "w") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--worker_config", str(self.config_path)],
+                cwd=ROOT, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT, pass_fds=(ready_write,),
+                env=environment, text=True)
+        os.close(ready_write)
+        self.ready = os.fdopen(ready_read)
+        self.busy_s = 0.0
+
+    def until_idle(self):
+        """Wait until the process waits for its next turn (True) or has finished (False)."""
+        start = time.perf_counter()
+        idle = bool(self.ready.readline())
+        self.busy_s += time.perf_counter() - start
+        return idle
+
+    def take_turn(self):
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        return self.until_idle()
+
+    def result(self):
+        returncode = self.process.wait()
+        self.ready.close()
+        self.process.stdin.close()
+        if returncode != 0:
+            tail = "".join(self.log_path.read_text().splitlines(keepends=True)[-30:])
+            raise RuntimeError(f"the {self.name} contender failed (exit {returncode}):\n{tail}")
+        return json.loads(self.result_path.read_text())
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def run_trio(config, scratch, index, environment):
+    """One process per contender, taking turns until all have finished; their results by name."""
+    contenders = [Contender(name, config, scratch, index, environment) for name in CONTENDERS]
+    try:
+        waiting = [contender for contender in contenders if contender.until_idle()]  # set-up, all at once
+        while waiting:
+            waiting = [contender for contender in waiting if contender.take_turn()]
+        results = {contender.name: contender.result() for contender in contenders}
+    finally:
+        for contender in contenders:
+            contender.stop()
+    for contender in contenders:
+        epochs = ", ".join(f"{seconds:.2f}" for seconds in results[contender.name]["train_epoch_s"])
+        log(f"  {LABELS[contender.name]:<12} busy {contender.busy_s:6.1f} s  (train epochs {epochs} s)")
+    return results
+
+
+def time_command(command, environment):
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=True)
+    return time.perf_counter() - start
+
+
+def measure_startup(runs, environment):
+    """Seconds of `trainer_vanilla.py --help` and of `import torch`, interleaved, after one untimed run each."""
+    commands = {"toolkit": [sys.executable, "trainer_vanilla.py", "--help"],
+                "handwritten": [sys.executable, "-c", "import torch"]}
+    for command in commands.values():
+        time_command(command, environment)
+    seconds = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, command in commands.items():
+            seconds[name].append(time_command(command, environment))
+    return seconds
+
+
+def write_data(data_dir, n_train, n_test, seed):
+    """Synthetic FashionMNIST, both as downloaded (.gz) and unpacked, which torchvision's reader needs."""
+    from data.synthetic_fashion_mnist import write_fashion_mnist
+    for compress in (True, False):
+        write_fashion_mnist(data_dir, n_train=n_train, n_test=n_test, seed=seed, compress=compress)
+
+
+def vanilla_section(options, scratch):
+    """FashionMNIST MLP: training and evaluation speed, peak memory, start-up time."""
+    data_dir = scratch / "data"
+    log(f"writing {options.n_train} + {options.n_test} synthetic FashionMNIST samples to {data_dir}")
+    write_data(data_dir, options.n_train, options.n_test, options.seed)
+    config = {"data_dir": str(data_dir), "epochs": options.epochs, "eval_passes": options.eval_passes,
+              "device": options.device, "seed": options.seed}
+    environment = dict(os.environ) if options.default_malloc else {**os.environ, **MALLOC_ENV}
+    results = {name: [] for name in CONTENDERS}
+    for repeat in range(options.repeats):
+        log(f"repeat {repeat + 1}/{options.repeats}")
+        for name, result in run_trio(config, scratch, repeat, environment).items():
+            results[name].append(result)
+
+    def pooled(samples_field, seconds_field, skip):
+        """Samples/s of every process, each without its first `skip` measurements, in one list."""
+        return {name: [rate for result in runs for rate in rates(result[samples_field], result[seconds_field][skip:])]
+                for name, runs in results.items()}
+
+    log(f"start-up: {options.startup_runs} runs each of trainer_vanilla.py --help and import torch")
+    startup = measure_startup(options.startup_runs, environment)
+    rows = [
+        make_row("vanilla", "train", "train samples/s", pooled("train_samples", "train_epoch_s", skip=1), "higher"),
+        make_row("vanilla", "eval", "eval samples/s", pooled("eval_samples", "eval_pass_s", skip=0), "higher"),
+        make_row("vanilla", "memory", "peak RSS MiB",
+                 {name: [result["peak_rss_mib"] for result in runs] for name, runs in results.items()}, "lower"),
+        make_row("vanilla", "startup", "start-up s (--help | import torch)", startup, "lower"),
+        make_row("vanilla", "faults", "page faults / train step",
+                 {name: [count / result["train_steps"] for result in runs for count in result["train_faults"][1:]]
+                  for name, runs in results.items()}, "lower", compare=False),
+    ]
+    first = results["toolkit"][0]
+    details = {"train_samples": {name: runs[0]["train_samples"] for name, runs in results.items()},
+               "eval_samples": {name: runs[0]["eval_samples"] for name, runs in results.items()},
+               "threads": first["threads"]}
+    return rows, details
+
+
+# ---------------------------------------------------------------------------- UNet section
+# In-process and sequential: a UNet step is long enough (tenths of a second) for start-up and
+# allocator effects not to matter. Contenders take turns epoch by epoch.
+UNET = {"full": {"cars": 6, "views": 8, "photo": (1280, 1918), "img_size": (128, 192), "base_width": 16,
+                 "epochs": 3, "repeats": 2},
+        "quick": {"cars": 7, "views": 2, "photo": (320, 480), "img_size": (64, 96), "base_width": 8,
+                  "epochs": 2, "repeats": 1}}
+UNET_BATCH = 8
+
+
+def unet_toolkit(data_dir, output_dir, settings, cache, device):
+    """A SegOnCarvanaTrainer run set up for timing: returns (trainer, its cache fill seconds)."""
+    from trainer_seg_on_carvana import SegOnCarvanaTrainer
+    height, width = settings["img_size"]
+    argv = ["--data_dir", str(data_dir), "--output_dir", str(output_dir), "--img_size", str(height), str(width),
+            "--base_width", str(settings["base_width"]), "--batch_size", str(UNET_BATCH), "--cache", cache,
+            "--augment", "false", "--val_ratio", "0.15", "--test_ratio", "0.15", "--n_epoch", "1000",
+            "--gpu_devices", "0" if device == "cuda" else "cpu"]
+    args, _ = SegOnCarvanaTrainer.parse(argv)
+    trainer = SegOnCarvanaTrainer(args)
+    trainer.stop_signal, trainer.in_update, trainer.pending_stats = None, False, []
+    trainer.setup_runtime()
+    start = time.perf_counter()
+    trainer.setup_data()
+    fill = time.perf_counter() - start
+    trainer.setup_model()
+    trainer.setup_optimization()
+    trainer.setup_run_folder()
+    return trainer, fill
+
+
+def unet_section(options, scratch):
+    """Carvana UNet: the toolkit with its cache, and without, against a loop over preloaded tensors."""
+    import torch
+    from data.synthetic_carvana import write_carvana
+    from loss.dice_loss import BCEDiceLoss
+    from model.unet import UNet
+    from utils.meter import MetricSums
+
+    settings = UNET["quick" if options.quick else "full"]
+    device = torch.device(options.device)
+    data_dir = scratch / "carvana"
+    log(f"writing {settings['cars'] * settings['views']} synthetic Carvana pairs of {settings['photo']} to {data_dir}")
+    write_carvana(data_dir, n_cars=settings["cars"], views=settings["views"], size=settings["photo"], seed=options.seed)
+    cached, fill_seconds = unet_toolkit(data_dir, scratch / "unet_runs", settings, "memory", options.device)
+    decoding, _ = unet_toolkit(data_dir, scratch / "unet_runs", settings, "none", options.device)
+    train_set = cached.datasets["train"]
+    images, masks = (tensor.to(device) for tensor in train_set.get_batch(torch.arange(len(train_set))))
+
+    torch.manual_seed(options.seed)
+    model = UNet(3, 1, depth=4, base_width=settings["base_width"]).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = BCEDiceLoss()
+
+    def plain_epoch(epoch):
+        model.train()
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(options.seed + epoch))
+        for start in range(0, len(order), UNET_BATCH):
+            batch = order[start:start + UNET_BATCH].to(device)
+            loss = loss_fn(model(images[batch].float().div_(255)), masks[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    def toolkit_epoch(trainer, epoch):
+        trainer.epoch_start = time.perf_counter()
+        trainer.epoch_sums, trainer.batches_done = MetricSums(), 0
+        trainer.run_epoch("train", epoch)
+
+    contenders = {"toolkit": lambda epoch: toolkit_epoch(cached, epoch), "handwritten": plain_epoch,
+                  "naive": lambda epoch: toolkit_epoch(decoding, epoch)}
+    seconds = {name: [] for name in contenders}
+    for repeat in range(settings["repeats"]):
+        log(f"unet repeat {repeat + 1}/{settings['repeats']}")
+        for epoch in range(settings["epochs"]):
+            for name, run_epoch in contenders.items():
+                synchronize(device)
+                start = time.perf_counter()
+                run_epoch(repeat * settings["epochs"] + epoch)
+                synchronize(device)
+                if epoch > 0:  # the first epoch of each repeat is a warm-up
+                    seconds[name].append(time.perf_counter() - start)
+    for trainer in (cached, decoding):
+        trainer.writer.close()
+    samples = len(train_set)
+    rows = [make_row("unet", "train", "train samples/s", {name: rates(samples, values) for name, values in seconds.items()},
+                     "higher"),
+            make_row("unet", "fill", "cache first fill s", {"toolkit": [fill_seconds]}, "lower", compare=False)]
+    details = {"train_samples": {name: samples for name in contenders}, "eval_samples": {},
+               "setup": f"UNet base {settings['base_width']}, {settings['img_size'][0]}x{settings['img_size'][1]}, "
+                        f"batch {UNET_BATCH}, photos {settings['photo'][1]}x{settings['photo'][0]}; "
+                        "toolkit = --cache memory, naive = the toolkit with --cache none (decoding every epoch), "
+                        "hand-written = a loop over preloaded tensors"}
+    return rows, details
+
+
+SECTIONS = {"vanilla": vanilla_section, "unet": unet_section}
+
+
+# ---------------------------------------------------------------------------- report
+
+def format_cell(row, name):
+    if name not in row["median"]:
+        return "-"
+    value = row["median"][name]
+    if not row["compare"]:
+        return f"{value:.1f}"
+    number = f"{value:.0f}" if value >= 100 else f"{value:.3f}"
+    return f"{number} ±{row['spread'][name] * 100:.0f}%"
+
+
+def format_table(rows):
+    header = ["section", "measure", *(LABELS[name] for name in CONTENDERS), "tk/hand", "tk/naive", "target", "result"]
+    lines = [[row["section"], row["measure"], *(format_cell(row, name) for name in CONTENDERS),
+              f"{row['toolkit/handwritten']:.3f}" if "toolkit/handwritten" in row else "-",
+              f"{row['toolkit/naive']:.2f}" if "toolkit/naive" in row else "-",
+              row.get("target", ""), row.get("result", "")] for row in rows]
+    widths = [max(len(str(line[column])) for line in [header, *lines]) for column in range(len(header))]
+    text = [" | ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+            for line in [header, *lines]]
+    text.insert(1, "-+-".join("-" * width for width in widths))
+    return "\n".join(text)
+
+
+# ---------------------------------------------------------------------------- command line
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--quick", action="store_true", help="fewer samples, epochs and repeats: a smoke run")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="device of every contender (default: cuda when available)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="trios of processes, one per contender (default 3, 1 with --quick)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per process, the first being a warm-up (default 6, 3 with --quick)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the model and the order (default 0)")
+    parser.add_argument("--default_malloc", action="store_true",
+                        help="leave glibc's malloc thresholds to their defaults instead of fixing them alike for all")
+    parser.add_argument("--skip_unet", action="store_true", help="leave out the UNet section, in a benchmark that has one")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table and raw timings as JSON here")
+    parser.add_argument("--worker", choices=WORKERS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker_config", default=None, help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+    if options.worker is not None:
+        return options
+    sizes = QUICK if options.quick else FULL
+    for name, value in sizes.items():
+        if getattr(options, name, None) is None:
+            setattr(options, name, value)
+    if options.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is a warm-up")
+    if options.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if options.device != "cpu":
+        import torch
+        if options.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is available")
+        options.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return options
+
+
+def main(argv=None):
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    if options.worker is not None:
+        worker_main(options.worker, options.worker_config)
+        return 0
+    sections = [name for name in SECTIONS if not (name == "unet" and options.skip_unet)]
+    rows, details = [], {}
+    load_before = os.getloadavg()[0]
+    version = code_version()
+    with tempfile.TemporaryDirectory(prefix="bench_") as scratch:
+        for name in sections:
+            section_rows, details[name] = SECTIONS[name](options, Path(scratch))
+            rows.extend(section_rows)
+    print(f"code {version}")
+    print(f"device {options.device}, {details.get('vanilla', {}).get('threads', '?')} torch threads, "
+          f"batch {BATCH_SIZE}, {options.repeats} trio(s) of processes x {options.epochs} epochs "
+          f"(first one warm-up), {options.n_train} train / {options.n_test} test samples written, "
+          f"malloc thresholds {'left to glibc' if options.default_malloc else 'fixed alike'}")
+    load_after = os.getloadavg()[0]
+    print(f"1-minute load average {load_before:.2f} before, {load_after:.2f} after, on {os.cpu_count()} CPUs "
+          "(above the CPU count, other programs shared the CPUs)")
+    for name, detail in details.items():
+        print(f"{name}: samples per training epoch " + ", ".join(f"{LABELS[k]} {v}" for k, v in detail["train_samples"].items())
+              + ("; per evaluation " + ", ".join(f"{LABELS[k]} {v}" for k, v in detail["eval_samples"].items())
+                 if detail["eval_samples"] else ""))
+        if "setup" in detail:
+            print(f"{name}: {detail['setup']}")
+    print(format_table(rows))
+    print("toolkit/hand-written from each one's best epoch, pass or run (less sensitive to other programs): "
+          + ", ".join(f"{row['measure']} {row['toolkit/handwritten_best']:.3f}" for row in rows
+                      if "toolkit/handwritten_best" in row))
+    if options.out is not None:
+        options.out.parent.mkdir(parents=True, exist_ok=True)
+        report = {"options": {key: value for key, value in vars(options).items() if not key.startswith("worker")},
+                  "code": version, "load_average": [load_before, load_after], "details": details, "rows": rows, "table": format_table(rows)}
+        options.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
