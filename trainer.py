@@ -5,7 +5,8 @@ A task subclasses TrainerBase and overrides small hooks; it never copies the loo
     add_task_arguments(parser)    classmethod: the task's options and `parser.set_defaults(...)`
     build_datasets()              -> (pool, test_pool): train+val come from `pool`; the test set is
                                      `test_pool`, or is carved from `pool` by --test_ratio when None
-    build_model()                 -> nn.Module
+                                     (default: the --data_type entry of data/data_entry.py)
+    build_model()                 -> nn.Module (default: the --model_type entry of model/model_entry.py)
     build_loss()                  -> callable(outputs, targets) -> scalar loss
     prepare_batch(batch, train, generator)
                                   on the device: dtype conversion, normalisation, and (train only)
@@ -277,10 +278,12 @@ class TrainerBase:
         self.log = setup_logger()
 
     def build_datasets(self):
-        raise NotImplementedError
+        from data.data_entry import build_datasets
+        return build_datasets(self.args, log=self.log.info)
 
     def build_model(self):
-        raise NotImplementedError
+        from model.model_entry import build_model
+        return build_model(self.args)
 
     def build_loss(self):
         raise NotImplementedError

@@ -52,14 +52,6 @@ class SegOnCarvanaTrainer(TrainerBase):
         model.add_argument("--threshold", type=unit_interval, default=0.5, help="probability above which a pixel is car")
         model.add_argument("--n_viz", type=positive_int, default=4, help="validation images shown in TensorBoard")
 
-    def build_datasets(self):
-        from data.data_entry import build_datasets
-        return build_datasets(self.args, log=self.log.info)
-
-    def build_model(self):
-        from model.model_entry import build_model
-        return build_model(self.args)
-
     def build_loss(self):
         from loss.loss_entry import build_loss
         if self.args.n_classes == 1 and self.args.loss in ("ce", "ce_dice"):

@@ -29,14 +29,6 @@ class VanillaTrainer(TrainerBase):
         add_flag(group, "--download", help="download FashionMNIST into <data_dir>/FashionMNIST/raw first")
         group.add_argument("--dropout", type=unit_interval, default=0.2, help="dropout after each hidden layer")
 
-    def build_datasets(self):
-        from data.data_entry import build_datasets
-        return build_datasets(self.args, log=self.log.info)
-
-    def build_model(self):
-        from model.model_entry import build_model
-        return build_model(self.args)
-
     def build_loss(self):
         return torch.nn.CrossEntropyLoss()
 
