@@ -605,7 +605,7 @@ class TrainerBase:
                         loss, outputs = self.forward_batch(model, batch)
                     size = self.batch_size_of(batch)
                     sums.add({"loss_sum": loss.detach() * size, "loss_samples": size})
-                    pending.append((batch, outputs.detach()))
+                    pending.append((batch, outputs))
                     if len(pending) == self.eval_stats_every:
                         self.add_pending_stats(sums, pending)
                     if phase == "val" and index == 0 and self.writer is not None:
@@ -624,7 +624,7 @@ class TrainerBase:
         instead of many small ones, which dominate the evaluation of a small model."""
         if pending:
             batches, outputs = zip(*pending)
-            sums.add(self.batch_stats(concatenate(batches), torch.cat(outputs)) if len(pending) > 1
+            sums.add(self.batch_stats(concatenate(batches), concatenate(outputs)) if len(pending) > 1
                      else self.batch_stats(batches[0], outputs[0]))
             pending.clear()
 
