@@ -435,6 +435,9 @@ class TrainerBase:
         self.nonfinite_batches = 0
         self.history = []
         self.epoch_sums = MetricSums()
+        self.group_stats = []  # statistics of the micro-batches of the optimizer step in progress
+        self.in_update = False  # True while the optimizer changes the weights: no crash save then
+        self.stop_signal = None  # set by SIGINT / SIGTERM, acted on at the next step boundary
         self.status = "running"
 
     def autocast(self):
@@ -581,7 +584,6 @@ class TrainerBase:
         progress = self.progress(loader, phase, epoch, skip, n_batches)
         interval_loss = torch.zeros((), device=self.device)
         interval_batches = 0
-        self.pending_stats = []
         pending = []  # evaluated (batch, outputs) whose statistics are not computed yet
         with torch.set_grad_enabled(train):
             for index, batch in enumerate(progress, start=skip):
@@ -667,7 +669,7 @@ class TrainerBase:
                 sampler = self.loaders["train"].sampler
                 sizes = [sampler.batch_size_at(i) for i in range(group_start, group_start + group_size)]
                 self.scaler.scale(loss * (sizes[index - group_start] / sum(sizes))).backward()
-                self.pending_stats.append(self.stats_with_loss(batch, outputs, loss))
+                self.group_stats.append(self.stats_with_loss(batch, outputs, loss))
         if last_in_group:
             self.optimizer_step(index)
         return (None, None) if nonfinite else (loss, outputs)
@@ -694,9 +696,9 @@ class TrainerBase:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        for stats in self.pending_stats:
+        for stats in self.group_stats:
             self.epoch_sums.add(stats)
-        self.pending_stats = []
+        self.group_stats = []
         self.global_step += 1
         self.batches_done = index + 1
         self.in_update = False
@@ -758,9 +760,6 @@ class TrainerBase:
 
     def fit(self):
         """Train, validate, test the best checkpoint, write the summary. Returns the test metrics."""
-        self.stop_signal = None
-        self.in_update = False
-        self.pending_stats = []
         previous_handlers = {}
         try:
             self.setup()

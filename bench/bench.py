@@ -520,7 +520,6 @@ def unet_toolkit(data_dir, output_dir, settings, cache, device):
             "--gpu_devices", "0" if device == "cuda" else "cpu"]
     args, _ = SegOnCarvanaTrainer.parse(argv)
     trainer = SegOnCarvanaTrainer(args)
-    trainer.stop_signal, trainer.in_update, trainer.pending_stats = None, False, []
     trainer.setup_runtime()
     start = time.perf_counter()
     trainer.setup_data()

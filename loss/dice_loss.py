@@ -72,31 +72,27 @@ class DiceLoss(nn.Module):
         return 1 - dice.mean()
 
 
-class BCEDiceLoss(nn.Module):
+class _PlusDice(nn.Module):
+    """first_weight * a first loss + dice_weight * dice loss."""
+
+    def __init__(self, first, first_weight, dice_weight, smooth):
+        super().__init__()
+        self.first, self.first_weight = first, first_weight
+        self.dice, self.dice_weight = DiceLoss(smooth), dice_weight
+
+    def forward(self, logits, target):
+        return self.first_weight * self.first(logits, target) + self.dice_weight * self.dice(logits, target)
+
+
+class BCEDiceLoss(_PlusDice):
     """bce_weight * binary cross-entropy + dice_weight * dice loss, for one output channel."""
 
     def __init__(self, bce_weight=1.0, dice_weight=1.0, smooth=1.0):
-        super().__init__()
-        self.bce_weight = bce_weight
-        self.dice_weight = dice_weight
-        self.bce = BinaryCrossEntropyLoss()
-        self.dice = DiceLoss(smooth)
-
-    def forward(self, logits, target):
-        return (self.bce_weight * self.bce(logits, target)
-                + self.dice_weight * self.dice(logits, target))
+        super().__init__(BinaryCrossEntropyLoss(), bce_weight, dice_weight, smooth)
 
 
-class CEDiceLoss(nn.Module):
+class CEDiceLoss(_PlusDice):
     """ce_weight * cross-entropy + dice_weight * dice loss, for two or more output channels."""
 
     def __init__(self, ce_weight=1.0, dice_weight=1.0, smooth=1.0):
-        super().__init__()
-        self.ce_weight = ce_weight
-        self.dice_weight = dice_weight
-        self.cross_entropy = MultiClassCrossEntropyLoss()
-        self.dice = DiceLoss(smooth)
-
-    def forward(self, logits, target):
-        return (self.ce_weight * self.cross_entropy(logits, target)
-                + self.dice_weight * self.dice(logits, target))
+        super().__init__(MultiClassCrossEntropyLoss(), ce_weight, dice_weight, smooth)

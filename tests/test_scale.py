@@ -96,7 +96,6 @@ def test_accumulated_gradient_equals_the_big_batch_gradient(fashion_dir):
         trainer.setup_optimization()
         captured = []
         trainer.optimizer.step = lambda: captured.append([p.grad.clone() for p in trainer.raw_model.parameters()])
-        trainer.pending_stats, trainer.stop_signal = [], None
         batches = iter(trainer.loaders["train"])
         for index in range(accum):
             batch = trainer.prepare_batch(trainer.to_device(next(batches)), True, torch.Generator())
