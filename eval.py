@@ -4,22 +4,25 @@
 
 Everything else comes from the checkpoint's saved options and the run folder's split.json;
 any option given on the command line overrides the saved one (`--data_dir`, `--batch_size`, ...).
-It runs the task trainer's own `run_epoch`, so its numbers equal the test metrics the trainer
-wrote for the same checkpoint. Hooks a task evaluator may override:
+It runs the task's own `evaluate()` (task.py), the loop the trainer tests with, so its numbers
+equal the test metrics the trainer wrote for the same checkpoint. Hooks a task evaluator may
+override:
 
     add_eval_arguments(parser)    classmethod: the evaluator's own options
-    on_batch(batch, outputs, index)
-                                  each evaluated batch (visualisation, per-sample results)
+    on_batch(batch, outputs, indices)
+                                  each evaluated batch; `indices` are the rows' positions in the
+                                  evaluated split (visualisation, per-sample results)
     results()                     -> dict merged into metrics.json (per-sample lists, ...)
     run()                         the whole evaluation, for modes other than the test split
 """
-import json
 import sys
 from pathlib import Path
 
-from utils.checkpoint import load_checkpoint, load_weights, write_json_atomic
+from utils.arguments import merge_options
+from utils.checkpoint import load_checkpoint, write_json_atomic
 from utils.errors import UserError, run_cli
 from utils.options import add_flag, positive_int
+from utils.run_folder import RunFolder, check_checkpoint, find_checkpoint
 
 
 class EvaluatorBase:
@@ -54,36 +57,31 @@ class EvaluatorBase:
         if args.model_path is None:
             raise UserError("--model_path is required: the checkpoint to evaluate, "
                             "e.g. Results/<proj_name>/<timestamp>/<model_type>_best_ckpt.pth")
-        path = Path(args.model_path)
-        if path.is_dir():
-            path = next(iter(sorted(path.glob("*_best_ckpt.pth"))), None) or self.trainer_class.find_checkpoint(path)
-        self.checkpoint = self.trainer_class.check_checkpoint(load_checkpoint(path), path)
-        args = self.trainer_class.merge_options(parser, argv, args, self.checkpoint["config"], strict=False)
-        args.model_path, args.pretrained, args.resume = None, False, None  # weights are loaded in setup()
+        path = find_checkpoint(args.model_path, kind="best")
+        self.checkpoint = check_checkpoint(load_checkpoint(path), path, self.trainer_class.__name__)
+        args = merge_options(parser, argv, args, self.checkpoint["config"])
+        args.model_path, args.pretrained, args.resume = None, False, None  # the weights are the checkpoint's
         self.checkpoint_path = path
-        self.run_dir = path.parent
-        self.save_path = Path(args.save_path) if args.save_path else self.run_dir / "eval"
+        self.run_folder = RunFolder(path.parent, args.model_type, writes=False)
+        self.save_path = Path(args.save_path) if args.save_path else self.run_folder.path / "eval"
         self.args = args
         self.trainer = self.trainer_class(args)
         self.log = self.trainer.log
 
-    def on_batch(self, batch, outputs, index):
+    def on_batch(self, batch, outputs, indices):
         """Called for each evaluated batch."""
 
     def results(self):
         return {}
 
-    def setup(self):
-        """Device, data with the run's split, and the model with the checkpoint's weights."""
-        trainer = self.trainer
-        trainer.setup_runtime()
-        split_path = self.run_dir / "split.json"
-        split = json.loads(split_path.read_text()) if split_path.exists() else None
-        if split is None:
-            self.log.warning(f"{split_path} not found: the split is recomputed from the saved seed and options")
-        trainer.setup_data(split)
-        trainer.setup_model()
-        load_weights(trainer.raw_model, self.checkpoint["model"], self.checkpoint_path)
+    def setup(self, data=True):
+        """Device, data with the run's split (unless `data` is False), the model with the checkpoint's
+        weights, and the output folder."""
+        split = self.run_folder.read_json("split.json") if data else None
+        if data and split is None:
+            self.log.warning(f"{self.run_folder.path / 'split.json'} not found: the split is recomputed "
+                             "from the saved seed and options")
+        self.trainer.setup_for_evaluation(self.checkpoint["model"], self.checkpoint_path, split, data)
         try:
             self.save_path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -92,7 +90,7 @@ class EvaluatorBase:
     def run(self):
         self.setup()
         phase = self.args.split
-        metrics, totals = self.trainer.run_epoch(phase, on_batch=self.on_batch)
+        metrics, totals = self.trainer.evaluate(phase, on_batch=self.on_batch)
         self.trainer.report(phase, totals, None)
         for name, value in metrics.items():
             print(f"{name}: {value:.6f}")

@@ -46,24 +46,22 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
             return torch.sigmoid(logits[:, 0])
         return 1 - torch.softmax(logits, dim=1)[:, 0]
 
-    def on_batch(self, batch, outputs, index):
+    def on_batch(self, batch, outputs, indices):
         from data.carvana import load_mask
         from utils.metrics import binary_masks
         images, masks = batch
         subset = self.trainer.datasets[self.args.split]
         dataset = subset.dataset
-        first = index * (self.args.eval_batch_size or self.args.batch_size)
         dice, iou = dice_iou_per_image(binary_masks(outputs.float(), self.args.threshold),
                                        masks.reshape(len(masks), *outputs.shape[2:]) > 0)
-        for offset in range(len(images)):
-            number = first + offset
+        for row, number in enumerate(indices.tolist()):
             sample = int(subset.indices[number])
             name = dataset.names[sample]
-            self.per_image.append({"name": name, "dice": float(dice[offset]), "iou": float(iou[offset])})
+            self.per_image.append({"name": name, "dice": float(dice[row]), "iou": float(iou[row])})
             if self.args.viz and number % self.args.n_snap == 0:
                 original = load_original(dataset.image_paths[sample])
                 truth = load_mask(dataset.mask_paths[sample]).numpy().astype(bool)
-                predicted = self.probabilities(outputs[offset:offset + 1], truth.shape)[0] > self.args.threshold
+                predicted = self.probabilities(outputs[row:row + 1], truth.shape)[0] > self.args.threshold
                 self.write_pictures(name, original, truth, predicted.cpu().numpy())
 
     def write_pictures(self, name, original, truth, predicted):
@@ -89,38 +87,29 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         return self.predict_folder()
 
     def predict_folder(self):
-        """Predict every image in --input_dir and write the Kaggle submission CSV."""
+        """Predict every image in --input_dir through the task's evaluation loop; write the Kaggle CSV."""
         from data.carvana import CarvanaImages
-        from data.loader import BatchLoader, EpochBatchSampler
         from utils.rle import rle_encode
-        trainer, args = self.trainer, self.args
-        trainer.setup_runtime()
-        trainer.setup_model()
-        from utils.checkpoint import load_weights
-        load_weights(trainer.raw_model, self.checkpoint["model"], self.checkpoint_path)
-        images = CarvanaImages(args.input_dir, args.img_size)
-        sampler = EpochBatchSampler(len(images), args.eval_batch_size or args.batch_size, shuffle=False)
-        loader = BatchLoader(images, sampler, num_workers=args.num_workers)
+        args = self.args
         submission = Path(args.submission) if args.submission else self.save_path / "submission.csv"
+        self.setup(data=False)
         try:
-            self.save_path.mkdir(parents=True, exist_ok=True)
             submission.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"cannot create the output folder for {submission}: {error.strerror or error}") from None
-        trainer.eval_model.eval()
+        images = CarvanaImages(args.input_dir, args.img_size)
         rows = []
-        with torch.no_grad():
-            for batch_images, indices in loader:
-                batch_images, _ = trainer.prepare_batch((trainer.to_device(batch_images), None), False, None)
-                with trainer.autocast():
-                    logits = trainer.eval_model(batch_images)
-                for offset, sample in enumerate(indices.tolist()):
-                    size = images.original_size(sample)
-                    predicted = (self.probabilities(logits[offset:offset + 1], size)[0] > args.threshold).cpu().numpy()
-                    rows.append((images.names[sample], rle_encode(predicted)))
-                    if args.viz and sample % args.n_snap == 0:
-                        self.write_pictures(Path(images.names[sample]).stem, load_original(images.image_paths[sample]),
-                                            None, predicted)
+
+        def encode(batch, logits, indices):
+            for row, sample in enumerate(indices.tolist()):
+                predicted = (self.probabilities(logits[row:row + 1], images.original_size(sample))[0]
+                             > args.threshold).cpu().numpy()
+                rows.append((images.names[sample], rle_encode(predicted)))
+                if args.viz and sample % args.n_snap == 0:
+                    self.write_pictures(Path(images.names[sample]).stem, load_original(images.image_paths[sample]),
+                                        None, predicted)
+
+        self.trainer.evaluate("predict", on_batch=encode, loader=self.trainer.make_loader(images))
         with atomic_open(submission, "w") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(["img", "rle_mask"])

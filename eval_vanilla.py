@@ -11,7 +11,7 @@ from trainer_vanilla import MEAN, STD, VanillaTrainer
 class VanillaEvaluator(EvaluatorBase):
     trainer_class = VanillaTrainer
 
-    def on_batch(self, batch, outputs, index):
+    def on_batch(self, batch, outputs, indices):
         if not self.args.viz:
             return
         from PIL import Image
@@ -21,13 +21,11 @@ class VanillaEvaluator(EvaluatorBase):
         folder.mkdir(exist_ok=True)
         images, labels = batch
         predictions = outputs.argmax(dim=1)
-        first = index * (self.args.eval_batch_size or self.args.batch_size)
-        for offset in range(len(labels)):
-            number = first + offset
+        for row, number in enumerate(indices.tolist()):
             if number % self.args.n_snap:
                 continue
-            pixels = (images[offset, 0] * STD * 255 + MEAN * 255).clamp(0, 255).byte().cpu().numpy()
-            true, predicted = (CLASSES[int(x)].replace("/", "-").replace(" ", "-") for x in (labels[offset], predictions[offset]))
+            pixels = (images[row, 0] * STD * 255 + MEAN * 255).clamp(0, 255).byte().cpu().numpy()
+            true, predicted = (CLASSES[int(x)].replace("/", "-").replace(" ", "-") for x in (labels[row], predictions[row]))
             Image.fromarray(pixels).save(folder / f"{number:05d}_true-{true}_pred-{predicted}.png")
 
 

@@ -24,6 +24,7 @@ class SegOnCarvanaTrainer(TrainerBase):
     data_types = ("Carvana",)
     metric_names = ("loss", "dice", "iou", "pixel_accuracy")
     eval_stats_every = 1  # full-size masks and logits: no point holding several batches
+    task_resume_safe_options = ("cache", "cache_dir")
 
     @classmethod
     def add_task_arguments(cls, parser):
@@ -52,6 +53,9 @@ class SegOnCarvanaTrainer(TrainerBase):
         model.add_argument("--threshold", type=unit_interval, default=0.5, help="probability above which a pixel is car")
         model.add_argument("--n_viz", type=positive_int, default=4, help="validation images shown in TensorBoard")
 
+    def split_ratios(self):
+        return {**super().split_ratios(), "test": self.args.test_ratio}
+
     def build_loss(self):
         from loss.loss_entry import build_loss
         if self.args.n_classes == 1 and self.args.loss in ("ce", "ce_dice"):
@@ -60,6 +64,8 @@ class SegOnCarvanaTrainer(TrainerBase):
         return build_loss(self.args.loss)
 
     def prepare_batch(self, batch, train, generator):
+        if isinstance(batch, torch.Tensor):  # images without masks, to predict
+            return batch.float().div_(255)
         images, masks = batch
         images = images.float().div_(255)
         if train and self.args.augment:
@@ -87,6 +93,10 @@ class SegOnCarvanaTrainer(TrainerBase):
             loss = sum(self.loss_fn(head, masks) for head in logits) / len(logits)
             return loss, logits[-1]
         return self.loss_fn(logits, masks), logits
+
+    def predict_batch(self, model, images):
+        logits = model(images)
+        return logits[-1] if isinstance(logits, (list, tuple)) else logits  # UNet++: the last head
 
     def batch_stats(self, batch, outputs):
         return segmentation_stats(outputs.float(), batch[1], self.args.threshold)

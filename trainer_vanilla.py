@@ -20,6 +20,7 @@ class VanillaTrainer(TrainerBase):
     model_types = ("Vanilla",)
     data_types = ("FashionMNIST",)
     metric_names = ("loss", "accuracy", "top5_accuracy")
+    task_resume_safe_options = ("download",)
 
     @classmethod
     def add_task_arguments(cls, parser):
@@ -33,8 +34,10 @@ class VanillaTrainer(TrainerBase):
         return torch.nn.CrossEntropyLoss()
 
     def prepare_batch(self, batch, train, generator):
+        if isinstance(batch, torch.Tensor):  # images without labels, to predict
+            return normalize(batch)
         images, labels = batch
-        return images.float().sub_(MEAN * 255).div_(STD * 255), labels
+        return normalize(images), labels
 
     def forward_batch(self, model, batch):
         images, labels = batch
@@ -57,6 +60,10 @@ class VanillaTrainer(TrainerBase):
         if self.writer is not None and epoch is not None:
             for name, value in zip(CLASSES, accuracies):
                 self.writer.add_scalar(f"{phase}_per_class/{name.replace('/', '_').replace(' ', '_')}", value, epoch)
+
+
+def normalize(images):
+    return images.float().sub_(MEAN * 255).div_(STD * 255)
 
 
 if __name__ == "__main__":

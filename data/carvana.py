@@ -274,8 +274,10 @@ class CarvanaDataset(Dataset):
         self.images = torch.empty((count, 3, height, width), dtype=torch.uint8)
         self.masks = torch.empty((count, 1, height, width), dtype=torch.uint8)
         decoder = _PairDecoder(self.image_paths, self.mask_paths, self.img_size)
-        # batch_size=None hands over single items as they are, failures included.
-        loader = DataLoader(decoder, batch_size=None, num_workers=self.num_workers)
+        # batch_size=None hands over single items as they are, failures included. A private
+        # generator: the loader's iterator would otherwise draw its worker seed from the global
+        # random state, and filling the cache would change the run that follows.
+        loader = DataLoader(decoder, batch_size=None, num_workers=self.num_workers, generator=torch.Generator())
         keep = [True] * count
         for index, image, mask, error in loader:
             if error is not None:
@@ -367,8 +369,8 @@ class CarvanaDataset(Dataset):
 class CarvanaImages(Dataset):
     """Unlabelled images for prediction, such as Kaggle's test folder.
 
-    Items are (image uint8 [3, H, W] resized to img_size, index); `names` and `original_size`
-    let a predictor resize its mask back and name the output after the input file.
+    Items are images, uint8 [3, H, W] resized to img_size; `names` and `original_size` let a
+    predictor resize its mask back and name the output after the input file.
     """
 
     def __init__(self, input_dir, img_size):
@@ -386,7 +388,7 @@ class CarvanaImages(Dataset):
 
     def __getitem__(self, index):
         image, _ = _load_image(self.image_paths[index], self.img_size)
-        return image, index
+        return image
 
     def original_size(self, index):
         """Return the (height, width) of image `index` before resizing."""

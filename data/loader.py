@@ -4,7 +4,51 @@ The order of epoch `e` is a permutation drawn from a generator seeded with `seed
 on nothing else, so a resumed run sees exactly the batches the uninterrupted run would have seen,
 and skipping the first `k` batches of an epoch resumes in the middle of it.
 """
+from typing import Protocol, Sequence, runtime_checkable
+
 import torch
+
+from utils.errors import UserError
+
+
+@runtime_checkable
+class SampleDataset(Protocol):
+    """What the trainer needs of a dataset (`build_datasets` returns these).
+
+    Required: `__len__`, and `__getitem__(i)` returning one sample (a tensor, or a tuple / dict
+    of tensors) that torch's default collate stacks into a batch.
+    Optional:
+    - `batched = True` with `get_batch(indices)`: a whole batch in one indexing operation
+      (`indices` a LongTensor or a slice), for data held in memory; no DataLoader is used then.
+    - `groups`: one hashable key per sample; samples that share a key (the views of one car)
+      always land in the same split.
+    - `names`: one unique string per sample; `split.json` then stores names, so the split
+      survives a re-ordered or extended folder.
+    """
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index): ...
+
+
+def check_dataset(dataset, what):
+    """A clear error, naming `what`, for a dataset that breaks the `SampleDataset` contract."""
+    if not isinstance(dataset, SampleDataset):
+        raise UserError(f"{what} ({type(dataset).__name__}) is not a dataset: it needs __len__ and __getitem__")
+    size = len(dataset)
+    if size == 0:
+        raise UserError(f"{what} ({type(dataset).__name__}) holds no samples")
+    if getattr(dataset, "batched", False) and not callable(getattr(dataset, "get_batch", None)):
+        raise UserError(f"{what} ({type(dataset).__name__}) sets batched = True but has no get_batch(indices)")
+    for attribute in ("groups", "names"):
+        values = getattr(dataset, attribute, None)
+        if values is not None and (not isinstance(values, Sequence) or len(values) != size):
+            count = len(values) if isinstance(values, Sequence) else type(values).__name__
+            raise UserError(f"{what} ({type(dataset).__name__}) has {count} {attribute} for {size} samples; "
+                            f"expected one per sample")
+    names = getattr(dataset, "names", None)
+    if names is not None and len(set(names)) != size:
+        raise UserError(f"{what} ({type(dataset).__name__}) has repeated names; expected one unique name per sample")
 
 
 class EpochBatchSampler:
@@ -120,7 +164,8 @@ class Subset:
 
 
 class BatchLoader:
-    """Iterates a dataset in the sampler's order.
+    """Iterates a dataset in the sampler's order, as `(indices, batch)`: `indices` (a LongTensor)
+    are the positions in `dataset` of the batch's rows.
 
     A dataset held in memory (`batched = True`, with `get_batch(indices)`) gives each batch in one
     indexing operation, with no per-sample `__getitem__`, collate or worker round-trip. Any other
@@ -142,5 +187,10 @@ class BatchLoader:
 
     def __iter__(self):
         if self.loader is not None:
-            return iter(self.loader)
-        return (self.dataset.get_batch(indices) for indices in self.sampler)
+            # The DataLoader walks the same deterministic sampler, so the two stay in step.
+            return zip((torch.as_tensor(batch) for batch in _IndexLists(self.sampler)), self.loader)
+        return ((_as_tensor(indices), self.dataset.get_batch(indices)) for indices in self.sampler)
+
+
+def _as_tensor(indices):
+    return torch.arange(indices.start, indices.stop) if isinstance(indices, slice) else indices

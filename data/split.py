@@ -48,3 +48,46 @@ def split_by_group(indices, ratios, seed, groups=None):
     assignment[order[start:]] = len(ratios)
     per_sample = assignment[ids]
     return {name: indices[per_sample == part] for part, name in enumerate(names)}
+
+
+def make_split(pool, test_pool, ratios, seed, train_val_sample_rate=1.0, test_sample_rate=1.0):
+    """The run's split, as split.json stores it: train / val (/ test) indices dealt from `pool` by
+    `ratios` ({"val": r} and, when there is no `test_pool`, "test"), and the test set from
+    `test_pool` when there is one; with sample names when the datasets have them."""
+    groups = getattr(pool, "groups", None)
+    if test_pool is None and "test" not in ratios:
+        raise UserError("the dataset has no test set of its own, and the task gives no test ratio to carve one "
+                        "from the pool (its split_ratios() must return a 'test' entry)")
+    indices = sample_fraction(torch.arange(len(pool)), train_val_sample_rate, seed, groups)
+    parts = split_by_group(indices, {name: value for name, value in ratios.items()
+                                     if test_pool is None or name != "test"}, seed, groups)
+    if test_pool is not None:
+        parts["test"] = sample_fraction(torch.arange(len(test_pool)), test_sample_rate, seed + 1,
+                                        getattr(test_pool, "groups", None))
+    else:
+        parts["test"] = sample_fraction(parts["test"], test_sample_rate, seed + 1, groups)
+    split = {"seed": seed, "test_from": "pool" if test_pool is None else "test_set"}
+    for phase in ("train", "val", "test"):
+        source = test_pool if phase == "test" and test_pool is not None else pool
+        split[phase] = parts[phase].tolist()
+        names = getattr(source, "names", None)
+        if names is not None:
+            split[f"{phase}_names"] = [names[i] for i in split[phase]]
+    return split
+
+
+def split_indices(source, split, phase):
+    """Indices of a saved split's `phase` in `source`, matched by sample name when it has names."""
+    names = getattr(source, "names", None)
+    if names is not None and f"{phase}_names" in split:
+        position = {name: i for i, name in enumerate(names)}
+        missing = [name for name in split[f"{phase}_names"] if name not in position]
+        if missing:
+            raise UserError(f"{len(missing)} {phase} samples of the saved split are not in the dataset "
+                            f"(first: {missing[0]}); is --data_dir the folder the run used?")
+        return [position[name] for name in split[f"{phase}_names"]]
+    indices = split[phase]
+    if indices and max(indices) >= len(source):
+        raise UserError(f"the saved {phase} split indexes sample {max(indices)} but the dataset has {len(source)}; "
+                        "is --data_dir the folder the run used?")
+    return indices

@@ -1,8 +1,8 @@
-"""Shared fixtures: small generated datasets in the official on-disk formats."""
-import json
+"""Shared fixtures: small generated datasets in the official on-disk formats, and RNG isolation.
+
+Plain helper functions and constants live in helpers.py; import them from there, not from here.
+"""
 import os
-import sys
-from pathlib import Path
 
 # The models here are tiny: one thread per process is fastest, and it keeps OpenMP threads from
 # spinning against each other when a test runs several processes (torchrun) on two cores.
@@ -13,8 +13,6 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="session")
 def fashion_dir(tmp_path_factory):
@@ -22,40 +20,6 @@ def fashion_dir(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("fashion")
     write_fashion_mnist(data_dir, n_train=1500, n_test=400, seed=0)
     return data_dir
-
-
-def run_dirs(output_dir):
-    return sorted(path for path in Path(output_dir).iterdir() if path.is_dir())
-
-
-def train_vanilla(data_dir, output_dir, *extra, trainer_class=None):
-    """Run the vanilla trainer in-process; return its run folder."""
-    from trainer_vanilla import VanillaTrainer
-    trainer_class = trainer_class or VanillaTrainer
-    before = set(run_dirs(output_dir)) if Path(output_dir).exists() else set()
-    argv = ["--data_dir", str(data_dir), "--output_dir", str(output_dir), "--n_epoch", "2",
-            "--batch_size", "32", "--deterministic", *map(str, extra)]
-    assert trainer_class.main(argv) == 0
-    new = [path for path in run_dirs(output_dir) if path not in before]
-    return new[0] if new else None
-
-
-def read_json(path):
-    return json.loads(Path(path).read_text())
-
-
-def metric_history(run_dir):
-    """Per-epoch metrics without the wall-clock times."""
-    history = read_json(Path(run_dir) / "metrics.json")["history"]
-    return [{key: value for key, value in record.items() if not key.endswith("time_s")} for record in history]
-
-
-def load_plain(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def python_command(*args):
-    return [sys.executable, *map(str, args)]
 
 
 @pytest.fixture(scope="session")
@@ -66,13 +30,10 @@ def carvana_dir(tmp_path_factory):
     return data_dir
 
 
-SEG_QUICK = ["--img_size", "48", "64", "--n_epoch", "6", "--base_width", "8", "--depth", "2", "--batch_size", "4",
-             "--lr", "3e-3", "--val_ratio", "0.2", "--test_ratio", "0.2", "--deterministic"]
-
-
-def train_seg(data_dir, output_dir, *extra):
-    """Run the Carvana trainer in-process on the small generated set; return its run folder."""
-    from trainer_seg_on_carvana import SegOnCarvanaTrainer
-    argv = ["--data_dir", str(data_dir), "--output_dir", str(output_dir), *SEG_QUICK, *map(str, extra)]
-    assert SegOnCarvanaTrainer.main(argv) == 0
-    return run_dirs(output_dir)[-1]
+@pytest.fixture
+def restore_global_rng():
+    """Put the Python, NumPy and torch random states back as they were after the test."""
+    from utils.seed import get_rng_state, set_rng_state
+    state = get_rng_state()
+    yield
+    set_rng_state(state)

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import load_plain, run_dirs, train_vanilla
+from helpers import load_plain, run_dirs, train_vanilla
 from trainer_seg_on_carvana import SegOnCarvanaTrainer
 from trainer_vanilla import VanillaTrainer
 
@@ -93,7 +93,7 @@ def test_resume_and_model_path_problems(fashion_dir, carvana_dir, tmp_path, caps
 
 
 def test_weights_of_another_architecture(fashion_dir, carvana_dir, tmp_path, capsys):
-    from conftest import train_seg
+    from helpers import train_seg
     seg_run = train_seg(carvana_dir, tmp_path / "seg", "--n_epoch", "1")
     fails_cleanly(capsys, SegOnCarvanaTrainer.main,
                   ["--data_dir", carvana_dir, "--output_dir", tmp_path / "out", "--img_size", "48", "64",

@@ -248,8 +248,8 @@ def test_carvana_images_for_prediction(tmp_path):
     (folder / "notes.txt").write_text("not an image")
     images = CarvanaImages(folder, img_size=(8, 12))
     assert images.names == ["a_01.png", "b_01.jpg"]
-    image, index = images[1]
-    assert index == 1 and image.dtype == torch.uint8 and image.shape == (3, 8, 12)
+    image = images[1]
+    assert image.dtype == torch.uint8 and image.shape == (3, 8, 12)
     assert images.original_size(1) == (30, 50)
     assert images.original_size(0) == (10, 20)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import read_json, train_seg
+from helpers import read_json, train_seg
 from utils.rle import rle_decode
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, load_plain, metric_history, python_command, read_json, run_dirs, train_vanilla
+from helpers import ROOT, load_plain, metric_history, python_command, read_json, run_dirs, train_vanilla
 from trainer_vanilla import VanillaTrainer
 
 # Dropout on, so that the random state has to be restored too.
@@ -39,10 +39,10 @@ def uninterrupted(fashion_dir, tmp_path_factory):
 def stopping_at(step):
     """A trainer that receives SIGINT just before optimizer step `step` completes."""
     class Stopping(VanillaTrainer):
-        def after_step(self, epoch):
-            if self.global_step == step and self.stop_signal is None:
-                self.stop_signal = signal.SIGINT
-            super().after_step(epoch)
+        def after_step(self):
+            if self.progress.global_step == step and not self.stop.requested:
+                self.stop.signum = signal.SIGINT
+            super().after_step()
     Stopping.__name__ = "VanillaTrainer"  # the checkpoint names the task it belongs to
     return Stopping
 
@@ -179,7 +179,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fashion_dir, tmp_path
     class Diverging(VanillaTrainer):
         def forward_batch(self, model, batch):
             loss, outputs = super().forward_batch(model, batch)
-            return (loss * float("nan") if self.epoch == 1 and self.batches_done >= 4 else loss), outputs
+            return (loss * float("nan") if self.progress.epoch == 1 and self.progress.batches_done >= 4 else loss), outputs
     Diverging.__name__ = "VanillaTrainer"
     with pytest.raises(SystemExit) as exit_info:
         train_vanilla(fashion_dir, tmp_path, *FLAGS, trainer_class=Diverging)
@@ -195,7 +195,7 @@ def test_skip_nonfinite_counts_the_skipped_batches(fashion_dir, tmp_path):
     class Spiky(VanillaTrainer):
         def forward_batch(self, model, batch):
             loss, outputs = super().forward_batch(model, batch)
-            return (loss * float("inf") if self.global_step in (3, 10) else loss), outputs
+            return (loss * float("inf") if self.progress.global_step in (3, 10) else loss), outputs
     Spiky.__name__ = "VanillaTrainer"
     run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--skip_nonfinite", trainer_class=Spiky)
     metrics = read_json(run / "metrics.json")
@@ -206,7 +206,7 @@ def test_skip_nonfinite_counts_the_skipped_batches(fashion_dir, tmp_path):
 def test_an_exception_saves_the_last_completed_step_and_propagates(fashion_dir, tmp_path):
     class Crashing(VanillaTrainer):
         def forward_batch(self, model, batch):
-            if self.global_step == 22:
+            if self.progress.global_step == 22:
                 raise RuntimeError("boom")
             return super().forward_batch(model, batch)
     Crashing.__name__ = "VanillaTrainer"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, load_plain, read_json, run_dirs, train_vanilla
+from helpers import ROOT, load_plain, read_json, run_dirs, train_vanilla
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # Plain, gentle SGD: Adam, momentum or a large step amplify float rounding (the order in which a
@@ -85,6 +85,10 @@ def test_accumulation_equals_one_big_batch(fashion_dir, tmp_path):
 def test_accumulated_gradient_equals_the_big_batch_gradient(fashion_dir):
     """One optimizer step of K micro-batches of B has the gradient of one batch of K*B."""
     from trainer_vanilla import VanillaTrainer
+
+    class Captured(Exception):
+        pass
+
     gradients = []
     for batch_size, accum in ((24, 1), (8, 3)):
         args, _ = VanillaTrainer.parse(["--data_dir", str(fashion_dir), "--batch_size", str(batch_size),
@@ -93,13 +97,15 @@ def test_accumulated_gradient_equals_the_big_batch_gradient(fashion_dir):
         trainer.setup_runtime()
         trainer.setup_data()
         trainer.setup_model()
-        trainer.setup_optimization()
         captured = []
-        trainer.optimizer.step = lambda: captured.append([p.grad.clone() for p in trainer.raw_model.parameters()])
-        batches = iter(trainer.loaders["train"])
-        for index in range(accum):
-            batch = trainer.prepare_batch(trainer.to_device(next(batches)), True, torch.Generator())
-            trainer.train_batch(batch, index, len(trainer.loaders["train"]))
+
+        def capture():
+            captured.append([p.grad.clone() for p in trainer.model.parameters()])
+            raise Captured
+
+        trainer.optimization.optimizer.step = capture
+        with pytest.raises(Captured):
+            trainer.train_epoch()
         gradients.append(captured[0])
     for big, accumulated in zip(*gradients):
         assert torch.allclose(big, accumulated, atol=1e-6)
@@ -165,6 +171,6 @@ def test_compiled_model_checkpoint_loads_into_a_plain_model_and_back(fashion_dir
 
 
 def test_channels_last_unet_trains(carvana_dir, tmp_path):
-    from conftest import train_seg
+    from helpers import train_seg
     run = train_seg(carvana_dir, tmp_path, "--channels_last", "--n_epoch", "1")
     assert (run / "UNet_best_ckpt.pth").is_file()

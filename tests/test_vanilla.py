@@ -4,7 +4,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import ROOT, load_plain, metric_history, python_command, read_json, run_dirs, train_vanilla
+from helpers import ROOT, load_plain, metric_history, python_command, read_json, run_dirs, train_vanilla
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,9 @@
 A checkpoint is a dict of tensors and plain Python values, so `torch.load(path, weights_only=True)`
 loads it and loading can never run code. Every write goes to a temporary file in the same folder,
 is flushed and fsynced, then renamed over the target: a process killed at any instant leaves
-either the old file or the new one, never a truncated one.
+either the old file or the new one, never a truncated one. The file gets the permissions the
+user's umask gives a new file (the temporary file alone would be private to the user), so
+colleagues on a shared server can read results.
 """
 import json
 import os
@@ -17,6 +19,21 @@ import torch
 from utils.errors import UserError
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel / DDP and by torch.compile
+# The first bytes of what torch.save writes: a zip archive, or (its legacy format) a pickle of protocol 2+.
+TORCH_SAVE_MAGICS = (b"PK\x03\x04", b"\x80")
+
+
+def new_file_mode():
+    """The permissions open() gives a new file under the process's umask."""
+    try:  # Linux shows the umask without changing it; setting it twice would race with other threads
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextmanager
@@ -28,6 +45,7 @@ def atomic_open(path, mode="wb"):
         with handle:
             yield handle
             handle.flush()
+            os.fchmod(handle.fileno(), new_file_mode())
             os.fsync(handle.fileno())
         os.replace(handle.name, path)
     except BaseException:
@@ -71,18 +89,35 @@ def load_checkpoint(path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist (expected a .pth file written by the trainer)")
+    if not _written_by_torch_save(path):
+        raise UserError(f"{path} is not a readable checkpoint (not a file written by torch.save; "
+                        "expected a *_ckpt.pth file of a run folder)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
         raise UserError(f"refusing to load {path}: it holds objects other than tensors and plain values "
-                        f"({first_line})") from error
+                        f"({_unsafe_content(error)})") from error
     except Exception as error:  # torch.load raises many kinds on files that are not checkpoints
         raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}: "
                         f"{str(error).strip().splitlines()[0] if str(error).strip() else 'empty'})") from error
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path} is not a checkpoint of this toolkit (expected a dict, found {type(checkpoint).__name__})")
     return checkpoint
+
+
+def _written_by_torch_save(path):
+    """Judged by the first bytes, so a truncated checkpoint still counts as one (and fails to load)."""
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    return start.startswith(TORCH_SAVE_MAGICS)
+
+
+def _unsafe_content(error):
+    """What torch's weights-only unpickler refused, without its advice to load the file unsafely."""
+    for line in str(error).splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.strip()
+    return "an object of a type that is not allowed"
 
 
 def strip_wrapper_prefixes(state_dict):

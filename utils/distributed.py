@@ -1,5 +1,6 @@
 """Processes launched by torchrun: the process group, ranks and devices, from one place."""
 import os
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -88,3 +89,58 @@ def resolve_device(gpu_devices, local_rank=0):
     if bad:
         raise UserError(f"--gpu_devices {bad[0]} does not exist; this machine has GPUs 0..{count - 1}")
     return torch.device("cuda", ids[local_rank % len(ids)])
+
+
+def all_gather_object(obj):
+    """Every rank's value of a picklable object, as a list indexed by rank (a collective)."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def setup_process(args, log):
+    """Join torchrun's process group and pick this process's device; returns (rank, world_size, device).
+    Checks the options that need a particular setup (--parallel, --sync_bn) before anything is loaded."""
+    wants_cuda = not (args.gpu_devices and [str(d).lower() for d in args.gpu_devices] == ["cpu"])
+    rank, size, local_rank = init_distributed(wants_cuda and torch.cuda.is_available())
+    device = resolve_device(args.gpu_devices, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if args.parallel and (device.type != "cuda" or size > 1):
+        raise UserError("--parallel (DataParallel) needs GPUs and a single process; under torchrun, DDP is used without it")
+    if args.sync_bn and size > 1 and device.type != "cuda":
+        raise UserError("--sync_bn needs GPUs (SyncBatchNorm does not run on the CPU); leave it out on the CPU")
+    if args.sync_bn and size == 1:
+        log.warning("--sync_bn has no effect in a single process; it applies under torchrun")
+    return rank, size, device
+
+
+def wrap_model(model, args, device, size):
+    """(model, train_model, eval_model): the module itself (what checkpoints hold, SyncBatchNorm under DDP
+    with --sync_bn), the wrapper that trains (DDP, DataParallel, compiled) and the one that evaluates
+    (never DDP: evaluation shards may differ in size, and DDP's forward is a collective)."""
+    if args.sync_bn and size > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    train_model = eval_model = model
+    if size > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    elif args.parallel:
+        ids = [int(d) for d in args.gpu_devices] if args.gpu_devices else list(range(torch.cuda.device_count()))
+        train_model = eval_model = torch.nn.DataParallel(model, device_ids=ids)
+    if args.compile:
+        compiled = torch.compile(train_model, backend=args.compile_backend)
+        eval_model = compiled if eval_model is train_model else torch.compile(eval_model, backend=args.compile_backend)
+        train_model = compiled
+    return model, train_model, eval_model
+
+
+def no_sync(model, skip):
+    """DDP's no_sync() while `skip` (gradients are summed across ranks only when it is off); else nothing."""
+    while not isinstance(model, torch.nn.parallel.DistributedDataParallel) and hasattr(model, "_orig_mod"):
+        model = model._orig_mod
+    if skip and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return nullcontext()

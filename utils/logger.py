@@ -57,3 +57,10 @@ def close_logger(logger):
     for handler in list(logger.handlers):
         handler.close()
         logger.removeHandler(handler)
+
+
+def progress_bar(iterable, description, total, initial=0, enabled=True):
+    """A tqdm bar on an interactive terminal (of the main process); elsewhere `iterable` itself."""
+    if not (enabled and sys.stderr.isatty()):
+        return iterable
+    return tqdm(iterable, desc=description, initial=initial, total=total, leave=False, dynamic_ncols=True)

@@ -1,5 +1,9 @@
 """Running averages weighted by the real batch size, and metric sums reduced across processes."""
+import math
+
 import torch
+
+from utils import distributed
 
 
 class AverageMeter:
@@ -49,24 +53,37 @@ class MetricSums:
         self.sums = {name: value.to(device, torch.float64) for name, value in state["sums"].items()}
         self.counts = dict(state["counts"])
 
-    def reduced(self):
-        """Plain Python sums, added over every process when running distributed."""
-        if not self.sums and not self.counts:
+    def reduced(self, device="cpu"):
+        """Plain Python sums, added over every process when running distributed.
+
+        Under DDP every process joins the reduction, also one whose shard was empty: the processes
+        first agree on the statistics' names and shapes, and a process that lacks one adds zeros.
+        `device` is where the reduction runs (the process group's device).
+        """
+        names = {name: tuple(value.shape) for name, value in self.sums.items()}
+        counts = set(self.counts)
+        if distributed.is_distributed():
+            for other_names, other_counts in distributed.all_gather_object((names, sorted(counts))):
+                names.update(other_names)
+                counts.update(other_counts)
+        if not names and not counts:
             return {}
-        names = sorted(self.sums)
-        device = self.sums[names[0]].device if names else "cpu"
-        flat = torch.cat([self.sums[name].reshape(-1) for name in names]
-                         + [torch.tensor([float(self.counts[name]) for name in sorted(self.counts)], dtype=torch.float64,
+        names, counts = sorted(names.items()), sorted(counts)
+        flat = torch.cat([self.sums[name].reshape(-1) if name in self.sums
+                          else torch.zeros(shape, dtype=torch.float64, device=device).reshape(-1)
+                          for name, shape in names]
+                         + [torch.tensor([float(self.counts.get(name, 0)) for name in counts], dtype=torch.float64,
                                          device=device)])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if distributed.is_distributed():
+            flat = flat.to(device)
             torch.distributed.all_reduce(flat)
         flat = flat.cpu()
         result, offset = {}, 0
-        for name in names:
-            size = self.sums[name].numel()
+        for name, shape in names:
+            size = math.prod(shape)
             chunk = flat[offset:offset + size]
-            result[name] = chunk.item() if self.sums[name].dim() == 0 else chunk.reshape(self.sums[name].shape)
+            result[name] = chunk.reshape(shape) if shape else chunk.item()
             offset += size
-        for name, value in zip(sorted(self.counts), flat[offset:].tolist()):
+        for name, value in zip(counts, flat[offset:].tolist()):
             result[name] = value
         return result

@@ -7,6 +7,7 @@ import bisect
 import math
 
 SCHEDULERS = ("none", "step", "multistep", "cosine", "plateau")
+SCHEDULES_OVER_N_EPOCH = ("cosine",)  # schedules whose every lr depends on the number of epochs
 
 
 class EpochLR:

@@ -25,6 +25,21 @@ def seed_everything(seed, deterministic=False):
         torch.backends.cudnn.benchmark = True
 
 
+def derived_seed(*keys):
+    """A 63-bit seed mixed from several integers (seed, rank, epoch, ...): distinct keys give
+    unrelated streams, unlike `seed + rank`, where seed 1 of rank 0 is seed 0 of rank 1."""
+    return int(np.random.SeedSequence([int(key) for key in keys]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def seed_process_streams(seed, rank):
+    """Seed the global random streams (Python, NumPy, torch) of one process of a run: each rank
+    draws its own dropout masks and random choices, and the same (seed, rank) repeats them."""
+    stream_seed = derived_seed(seed, rank)
+    random.seed(stream_seed)
+    np.random.seed(stream_seed % 2**32)
+    torch.manual_seed(stream_seed)
+
+
 def get_rng_state():
     """Every global random state, as tensors and plain values (loadable with weights_only)."""
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state()

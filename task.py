@@ -1,0 +1,224 @@
+"""TaskBase: what a task is (data, model, loss, metrics) and how it is evaluated.
+
+A task's trainer (a TrainerBase subclass, trainer.py) overrides these hooks; TrainerBase adds the
+training, and EvaluatorBase (eval.py) evaluates a saved checkpoint with the same hooks:
+
+    build_datasets()              -> (pool, test_pool), datasets as data/loader.SampleDataset describes:
+                                     train and val come from `pool`; the test set is `test_pool`, or is
+                                     carved from `pool` when None (default: the --data_type entry of
+                                     data/data_entry.py)
+    split_ratios()                -> {"val": ratio[, "test": ratio]}: the fractions of the pool's groups
+                                     held out (a task whose data has no test set adds "test")
+    build_model()                 -> nn.Module (default: the --model_type entry of model/model_entry.py)
+    build_loss()                  -> callable(outputs, targets) -> scalar loss
+    prepare_batch(batch, train, generator)
+                                  on the device: dtype conversion, normalisation, and (train only)
+                                  augmentation drawn from `generator`, seeded by seed, rank, epoch and batch
+    forward_batch(model, batch)   -> (loss, outputs) for one batch, under autocast
+    predict_batch(model, batch)   -> outputs for a batch of inputs without targets (default: model(batch))
+    batch_stats(batch, outputs)   -> dict of tensors to sum over the epoch (counts, sums)
+    compute_metrics(totals)       -> dict of floats from the summed stats
+    report(phase, totals, epoch)  extra logging (per-class accuracy, ...); optional
+    visualize(writer, epoch, batch, outputs)
+                                  the first validation batch of each epoch, for TensorBoard
+
+`evaluate()` is the one evaluation loop: validation, the test, the evaluator and prediction.
+"""
+import signal
+from contextlib import nullcontext
+
+import torch
+
+from data.loader import BatchLoader, EpochBatchSampler, Subset, check_dataset
+from data.split import make_split, split_indices
+from utils import distributed
+from utils.batch import batch_size_of, concatenate, to_device
+from utils.checkpoint import load_weights
+from utils.logger import progress_bar, setup_logger
+from utils.meter import MetricSums
+from utils.optimization import Optimization
+from utils.seed import seed_everything
+from utils.signals import StopRequest
+
+
+class TrainingStopped(Exception):
+    """Raised within one batch of SIGINT/SIGTERM, on every rank at the same point."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class TaskBase:
+    """The hooks of a task, its data and model set up on this process's device, and `evaluate()`."""
+
+    model_types = ()  # names from model/model_entry.MODELS that this task offers
+    data_types = ()  # names from data/data_entry.DATASETS that this task offers
+    metric_names = ("loss",)  # what compute_metrics returns, plus "loss"; --monitor must name one
+    eval_stats_every = 16  # evaluated batches whose batch_stats are computed together (1: keep memory flat)
+
+    def __init__(self, args):
+        self.args = args
+        self.log = setup_logger()
+        self.stop = StopRequest(self.log)  # SIGINT / SIGTERM (handled while training), honoured within one batch
+        self.rank, self.world_size, self.device, self.main_process = 0, 1, torch.device("cpu"), True
+
+    @property
+    def writer(self):
+        """TensorBoard's writer of the run being trained (on the process that writes), else None."""
+        return None
+
+    # ------------------------------------------------------------------ hooks
+    def build_datasets(self):
+        from data.data_entry import build_datasets
+        return build_datasets(self.args, log=self.log.info)
+
+    def split_ratios(self):
+        return {"val": self.args.val_ratio}
+
+    def build_model(self):
+        from model.model_entry import build_model
+        return build_model(self.args)
+
+    def build_loss(self):
+        raise NotImplementedError
+
+    def prepare_batch(self, batch, train, generator):
+        return batch
+
+    def forward_batch(self, model, batch):
+        raise NotImplementedError
+
+    def predict_batch(self, model, batch):
+        return model(batch)
+
+    def batch_stats(self, batch, outputs):
+        return {}
+
+    def compute_metrics(self, totals):
+        return {}
+
+    def report(self, phase, totals, epoch):
+        """Extra logging of an evaluated phase (called on every rank; write only on rank 0)."""
+
+    def visualize(self, writer, epoch, batch, outputs):
+        """Write a few validation examples to TensorBoard."""
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, phase, on_batch=None, loader=None):
+        """One pass without gradients over "val", "test", or "predict" (`loader` of inputs without
+        targets: outputs only, no loss or statistics). `on_batch(batch, outputs, indices)` sees every
+        batch, `indices` being the rows' positions in the evaluated dataset. Returns (metrics named
+        `<phase>/<name>`, summed statistics reduced over every rank)."""
+        loader = loader or self.loaders[phase]
+        loader.sampler.set_epoch(0)
+        model = self.eval_model
+        model.eval()
+        sums, pending, stopped = MetricSums(), [], False
+        with torch.inference_mode():
+            for indices, batch in self.progress_bar(loader, phase):
+                batch = self.prepare_batch(self.to_device(batch), False, None)
+                with self.autocast():
+                    if phase == "predict":
+                        outputs = self.predict_batch(model, batch)
+                    else:
+                        loss, outputs = self.forward_batch(model, batch)
+                        pending.append((batch, outputs, loss))
+                if len(pending) == self.eval_stats_every:
+                    self.add_eval_stats(sums, pending)
+                if on_batch is not None:
+                    on_batch(batch, outputs, indices)
+                if self.stop.requested:
+                    stopped = True
+                    break
+            self.add_eval_stats(sums, pending)
+        sums.add({"stop_requests": int(stopped)})  # every rank learns of a stop in the reduction it joins anyway
+        totals = sums.reduced(self.device)
+        if totals.pop("stop_requests", 0):
+            raise TrainingStopped(self.stop.signum or signal.SIGTERM)
+        return self.metrics_of(phase, totals), totals
+
+    def add_eval_stats(self, sums, pending):
+        """Statistics of several evaluated batches at once: the same sums from a few large operations
+        instead of many small ones, which dominate the evaluation of a small model."""
+        if not pending:
+            return
+        batches, outputs, losses = zip(*pending)
+        sizes = [batch_size_of(batch) for batch in batches]
+        stats = self.batch_stats(concatenate(batches), concatenate(outputs)) if len(pending) > 1 \
+            else self.batch_stats(batches[0], outputs[0])
+        weights = torch.tensor(sizes, dtype=torch.float64, device=losses[0].device)
+        sums.add({**stats, "loss_sum": (torch.stack(losses).double() * weights).sum(), "loss_samples": sum(sizes)})
+        pending.clear()
+
+    def metrics_of(self, phase, totals):
+        if not totals:
+            return {}
+        metrics = {"loss": totals["loss_sum"] / totals["loss_samples"], **self.compute_metrics(totals)}
+        return {f"{phase}/{name}": float(value) for name, value in metrics.items()}
+
+    def progress_bar(self, loader, phase, initial=0):
+        return progress_bar(loader, phase, len(loader.sampler), initial, enabled=self.main_process)
+
+    def to_device(self, batch):
+        return to_device(batch, self.device, self.args.channels_last)
+
+    def autocast(self):
+        if not self.args.amp:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.args.amp_dtype == "bf16" else torch.float16)
+
+    # ------------------------------------------------------------------ setup
+    def setup_for_evaluation(self, weights, source, split=None, data=True):
+        """What `evaluate()` needs: the device, the data of `split` (unless `data` is False: prediction
+        brings its own loader), and the model with `weights` (a state dict read from `source`)."""
+        self.setup_runtime()
+        if data:
+            self.setup_data(split)
+        self.setup_model(weights, source)
+
+    def setup_runtime(self):
+        """Process group, device and seed."""
+        self.rank, self.world_size, self.device = distributed.setup_process(self.args, self.log)
+        self.main_process = self.rank == 0
+        self.log = setup_logger(main_process=self.main_process)
+        seed_everything(self.args.seed, self.args.deterministic)
+
+    def setup_data(self, split=None):
+        """Datasets and loaders of the train / val / test split: the saved `split`, or a new one."""
+        args = self.args
+        pool, test_pool = self.build_datasets()
+        check_dataset(pool, f"the {args.data_type} pool")
+        if test_pool is not None:
+            check_dataset(test_pool, f"the {args.data_type} test set")
+        self.split = split or make_split(pool, test_pool, self.split_ratios(), args.seed,
+                                         args.train_val_sample_rate, args.test_sample_rate)
+        self.datasets, self.loaders = {}, {}
+        for phase in ("train", "val", "test"):
+            source = test_pool if phase == "test" and test_pool is not None else pool
+            self.datasets[phase] = Subset(source, split_indices(source, self.split, phase))
+            self.loaders[phase] = self.make_loader(self.datasets[phase], train=phase == "train")
+        sizes = ", ".join(f"{phase} {len(dataset)}" for phase, dataset in self.datasets.items())
+        self.log.info(f"data: {args.data_type} from {args.data_dir}: {sizes}")
+
+    def make_loader(self, dataset, train=False):
+        """Batches of `dataset` for this process: shuffled and padded to equal rank shares for training;
+        in order and unpadded for evaluation, so that every sample counts once over the ranks."""
+        args = self.args
+        sampler = EpochBatchSampler(len(dataset), args.batch_size if train else args.eval_batch_size or args.batch_size,
+                                    shuffle=train, seed=args.seed, rank=self.rank, world_size=self.world_size, pad=train)
+        return BatchLoader(dataset, sampler, num_workers=args.num_workers,
+                           pin_memory=args.pin_memory and self.device.type == "cuda")
+
+    def setup_model(self, weights=None, source=None, partial=False):
+        """The model on the device, with `weights` (a state dict from `source`) if given; see
+        `distributed.wrap_model` for `model`, `train_model` and `eval_model`. Then the loss and optimizer."""
+        args = self.args
+        torch.manual_seed(args.seed)  # initial weights depend on the seed alone, not on what data loading drew
+        model = self.build_model()
+        if weights is not None:
+            load_weights(model, weights, source, partial=partial, log=self.log.warning)
+        model.to(self.device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
+        self.model, self.train_model, self.eval_model = distributed.wrap_model(model, args, self.device, self.world_size)
+        self.loss_fn = self.build_loss()
+        self.optimization = Optimization(self.model.parameters(), args, self.device.type)

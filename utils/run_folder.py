@@ -1,0 +1,218 @@
+"""The run folder, `<output_dir>/<timestamp>/`: every file a run writes, in one place.
+
+    config.json    options, environment, resumes        split.json     the train / val / test split
+    log.txt        the console, with timestamps         summary/       TensorBoard
+    metrics.json   history, best epoch, status, test    <model_type>_{last,best}_ckpt.pth
+
+Training, resume and the evaluator all use it. Only the main process writes (`writes=False`
+elsewhere): the other ranks of a DDP run read the same folder. Every file is written atomically
+with the permissions of the user's umask.
+
+`last` and `best` never disagree: `last` is the training state; when an epoch improves the
+monitored metric, `best` is written after it with the same bytes. A kill or a full disk between
+the two leaves a `last` that names its own epoch as the best one and an older `best`, which
+`repair_best` rewrites from `last` before anything reads it.
+"""
+import io
+import json
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from utils import distributed
+from utils.checkpoint import load_checkpoint, save_atomic, write_json_atomic
+from utils.errors import UserError
+from utils.timestamp import make_run_dir
+
+CHECKPOINT_FORMAT = "torch-template/2"
+
+
+class RunFolder:
+    def __init__(self, path, model_type, writes=True):
+        self.path = Path(path)
+        self.model_type = model_type
+        self.writes = writes
+        self.writer = None
+
+    @classmethod
+    def create(cls, output_dir, model_type, writes=True):
+        """A new timestamped folder in `output_dir`, made by the main process and named to every rank."""
+        path = None
+        if writes:
+            try:
+                path = make_run_dir(output_dir)
+            except OSError as error:
+                raise UserError(f"cannot create a run folder in --output_dir {output_dir}: "
+                                f"{error.strerror or error}") from None
+        return cls(distributed.broadcast_object(str(path) if path else None), model_type, writes)
+
+    def checkpoint_path(self, kind):
+        return self.path / f"{self.model_type}_{kind}_ckpt.pth"
+
+    # ------------------------------------------------------------------ small files
+    def read_json(self, name):
+        path = self.path / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def write_json(self, name, content):
+        if self.writes:
+            write_json_atomic(content, self.path / name)
+
+    def read_split(self):
+        split = self.read_json("split.json")
+        if split is None:
+            raise UserError(f"{self.path / 'split.json'} is missing; the run's split cannot be restored")
+        return split
+
+    def remove_stale_temporaries(self, log):
+        """Half-written files of a process that was killed during a write."""
+        if self.writes:
+            for stale in self.path.glob(".*.tmp"):
+                stale.unlink()
+                log.info(f"removed {stale.name}, left by an interrupted write")
+
+    def write_config(self, options, device, world_size, resumed_from=None, position=None):
+        """config.json: the options, the environment of the first start, and one entry per resume."""
+        previous = self.read_json("config.json") or {}
+        environment = previous.get("environment") or {
+            "torch_version": torch.__version__, "python_version": platform.python_version(),
+            "platform": platform.platform(), "hostname": socket.gethostname(), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "world_size": world_size, **git_state(), "command": " ".join(sys.argv),
+            "started_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        resumes = previous.get("resumes", [])
+        if resumed_from is not None:
+            epoch, _, global_step = position
+            resumes.append({"from": str(resumed_from), "epoch": epoch, "global_step": global_step,
+                            "at": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
+                            "device": str(device), **git_state()})
+        self.write_json("config.json", {"options": options, "environment": environment, "resumes": resumes})
+
+    def open_writer(self, purge_step=None):
+        """TensorBoard's writer (main process only). On resume, events past the checkpoint's step,
+        written by the interrupted process after it saved, are dropped: `purge_step` is the first
+        step to drop."""
+        if self.writes:
+            from torch.utils.tensorboard import SummaryWriter  # heavy import, only when a run starts
+            self.writer = SummaryWriter(self.path / "summary", purge_step=purge_step)
+        return self.writer
+
+    def write_epoch_scalars(self, record):
+        """An epoch's `<phase>/<metric>` values and its lr, at the epoch's number."""
+        if self.writer is not None:
+            for name, number in record.items():
+                if "/" in name:
+                    self.writer.add_scalar(name, number, record["epoch"])
+            self.writer.add_scalar("lr", record["lr"], record["epoch"])
+            self.writer.flush()
+
+    def write_hparams(self, options, test_metrics, step, best=None):
+        """The test metrics at `step`, and the HPARAMS tab's row of this run (with `best`, the monitor's best)."""
+        if self.writer is None:
+            return
+        for name, value in test_metrics.items():
+            self.writer.add_scalar(name, value, step)
+        hparams = {name: (value if isinstance(value, (int, float, str, bool)) else str(value))
+                   for name, value in options.items()}
+        final = {f"hparam/{name}": value for name, value in test_metrics.items()}
+        if best is not None:
+            final[f"hparam/best_{options['monitor']}"] = best
+        self.writer.add_hparams(hparams, final, run_name="hparams")
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, state, best=False):
+        """Write `last`, then (for a new best) `best` with the same bytes."""
+        if not self.writes:
+            return
+        buffer = io.BytesIO()
+        torch.save(state, buffer)  # serialised once, written to each file
+        save_atomic(buffer.getvalue(), self.checkpoint_path("last"))
+        if best:
+            save_atomic(buffer.getvalue(), self.checkpoint_path("best"))
+
+    def repair_best(self, log):
+        """Rewrite `best` from `last` where a write of `best` was cut short after `last`'s."""
+        last_path, best_path = self.checkpoint_path("last"), self.checkpoint_path("best")
+        if not self.writes or not last_path.is_file():
+            return
+        last = load_checkpoint(last_path)
+        if last["best_epoch"] is None or last["best_epoch"] != last["epoch"] or last["batches_done"]:
+            return  # `best` was written before training went on past `last`'s best epoch
+        if best_path.is_file() and load_checkpoint(best_path)["epoch"] == last["best_epoch"]:
+            return
+        save_atomic(last_path.read_bytes(), best_path)
+        log.warning(f"{best_path.name} was older than epoch {last['best_epoch']}, the best epoch "
+                    f"{last_path.name} records (an interrupted write); rewrote it from {last_path.name}")
+
+
+def find_checkpoint(path, kind="last"):
+    """A checkpoint file, or the `kind` checkpoint (else the newest one) of a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob(f"*_{kind}_ckpt.pth"), key=lambda p: p.stat().st_mtime) or \
+            sorted(path.glob("*_ckpt.pth"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise UserError(f"run folder {path} holds no *_ckpt.pth checkpoint")
+        return found[-1]
+    if not path.exists():
+        raise UserError(f"{path} does not exist (expected a checkpoint file or a run folder)")
+    return path
+
+
+def check_checkpoint(checkpoint, path, task):
+    """`checkpoint` as loaded from `path`, refused unless this toolkit's `task` wrote it."""
+    if "config" not in checkpoint or not str(checkpoint.get("format", "")).startswith("torch-template/"):
+        raise UserError(f"{path} is not a training checkpoint of this toolkit (no '{CHECKPOINT_FORMAT}' state)")
+    if checkpoint["format"] != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} has the checkpoint format {checkpoint['format']} of another version of this "
+                        f"toolkit; this version reads {CHECKPOINT_FORMAT}")
+    if checkpoint.get("task") != task:
+        raise UserError(f"{path} was written by {checkpoint.get('task')} (model {checkpoint['config'].get('model_type')}), "
+                        f"not by {task}")
+    return checkpoint
+
+
+def check_resumable(run, checkpoint, args, world_size):
+    """Refuse a resume that cannot continue the run exactly, or that has nothing left to do."""
+    from utils.progress import TrainingProgress
+    from utils.scheduler import SCHEDULES_OVER_N_EPOCH
+    saved_world = checkpoint["world_size"]
+    if saved_world != world_size:
+        launch = f"torchrun --nproc_per_node {saved_world}" if saved_world > 1 else "python (one process)"
+        raise UserError(f"--resume {args.resume} was written by {saved_world} processes and this run has "
+                        f"{world_size}; each process draws its own batches, so resume with {launch}")
+    done = TrainingProgress(args.monitor_mode, args.early_stop_patience, args.early_stop_delta)
+    done.load_state_dict(checkpoint, checkpoint["epoch_sums"][0], "cpu")
+    if not done.is_finished(args.n_epoch) or "test" not in (run.read_json("metrics.json") or {}):
+        return
+    if done.stopper.should_stop or args.lr_scheduler in SCHEDULES_OVER_N_EPOCH:
+        how = f"start a new run from its weights: --pretrained --model_path {run.checkpoint_path('best')}"
+    else:
+        how = f"resume with --n_epoch larger than {done.epoch}"
+    why = f"stopped early at epoch {done.epoch}" if done.stopper.should_stop else f"trained {done.epoch} epochs"
+    raise UserError(f"run {run.path} is finished ({why}, and tested); to train further, {how}")
+
+
+def git_state():
+    """The commit of the code that runs, and whether it has uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"git_commit": None, "git_dirty": None}
+    if commit.returncode != 0:
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": commit.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}

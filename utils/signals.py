@@ -1,0 +1,32 @@
+"""SIGINT and SIGTERM (a cluster's pre-emption) as a request the training loops honour at the next batch."""
+import signal
+from contextlib import contextmanager
+
+
+class StopRequest:
+    """Records the first SIGINT / SIGTERM instead of dying mid-write; a second Ctrl+C stops at once."""
+
+    def __init__(self, log):
+        self.log = log
+        self.signum = None
+
+    @property
+    def requested(self):
+        return self.signum is not None
+
+    @contextmanager
+    def installed(self):
+        """Handle the signals inside the block (the main thread's handlers), restore them after."""
+        previous = {signum: signal.signal(signum, self.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.log.warning(f"{signal.Signals(signum).name} received: stopping after the current batch, then saving "
+                         "(Ctrl+C again to stop at once)")
