@@ -202,6 +202,7 @@ class TrainerBase(TaskBase):
         self.write_metrics("early_stopped" if self.progress.stopper.should_stop else "completed", metrics, path)
         self.run.write_hparams(vars(self.args), metrics, best_epoch or self.progress.epoch, self.progress.stopper.best)
         self.log.info(f"done: {self.run.path}")
+        distributed.barrier()  # every rank leaves the process group together
         return metrics
 
     # ------------------------------------------------------------------ setup

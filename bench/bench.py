@@ -8,7 +8,7 @@ Contenders (the same model, optimizer, batch size 64 and seed; torch's default t
 
 1. toolkit: `VanillaTrainer.fit()` with its normal logging, TensorBoard and a checkpoint per
    epoch. Training speed is train samples / `train_time_s` from the run's metrics.json;
-   evaluation speed times `trainer.run_epoch("test")` on the trained trainer.
+   evaluation speed times `trainer.evaluate("test")` on the trained trainer.
 2. hand-written: uint8 tensors preloaded on the device, a `randperm` per epoch and slices of it,
    normalisation on the fly, no per-step `.item()`.
 3. naive: torchvision's FashionMNIST with ToTensor + Normalize through a DataLoader
@@ -127,12 +127,10 @@ def run_toolkit(config, baton):
         """Waits for its turn before each training epoch. The wait falls inside the epoch's
         `train_time_s`, so it is recorded and taken off again."""
 
-        def run_epoch(self, phase, epoch=0, on_batch=None):
-            if phase != "train":
-                return super().run_epoch(phase, epoch, on_batch)
+        def train_epoch(self):
             waits.append(baton.wait())
             before = minor_faults()
-            result = super().run_epoch(phase, epoch, on_batch)
+            result = super().train_epoch()
             faults.append(minor_faults() - before)
             return result
 
@@ -150,7 +148,7 @@ def run_toolkit(config, baton):
     for _ in range(config["eval_passes"]):
         baton.wait()
         start = time.perf_counter()
-        trainer.run_epoch("test")
+        trainer.evaluate("test")
         eval_seconds.append(time.perf_counter() - start)
     return {"train_samples": len(trainer.datasets["train"]), "train_epoch_s": train_seconds,
             "train_steps": len(trainer.loaders["train"]), "train_faults": faults,
@@ -519,15 +517,16 @@ def unet_toolkit(data_dir, output_dir, settings, cache, device):
             "--augment", "false", "--val_ratio", "0.15", "--test_ratio", "0.15", "--n_epoch", "1000",
             "--gpu_devices", "0" if device == "cuda" else "cpu"]
     args, _ = SegOnCarvanaTrainer.parse(argv)
-    trainer = SegOnCarvanaTrainer(args)
-    trainer.setup_runtime()
-    start = time.perf_counter()
-    trainer.setup_data()
-    fill = time.perf_counter() - start
-    trainer.setup_model()
-    trainer.setup_optimization()
-    trainer.setup_run_folder()
-    return trainer, fill
+
+    class Timed(SegOnCarvanaTrainer):
+        def setup_data(self, split=None):
+            start = time.perf_counter()
+            super().setup_data(split)
+            self.fill_seconds = time.perf_counter() - start
+
+    trainer = Timed(args)
+    trainer.setup()
+    return trainer, trainer.fill_seconds
 
 
 def unet_section(options, scratch):
@@ -564,9 +563,9 @@ def unet_section(options, scratch):
             optimizer.step()
 
     def toolkit_epoch(trainer, epoch):
-        trainer.epoch_start = time.perf_counter()
-        trainer.epoch_sums, trainer.batches_done = MetricSums(), 0
-        trainer.run_epoch("train", epoch)
+        trainer.progress.epoch, trainer.progress.batches_done = epoch, 0
+        trainer.progress.epoch_sums = MetricSums()
+        trainer.train_epoch()
 
     contenders = {"toolkit": lambda epoch: toolkit_epoch(cached, epoch), "handwritten": plain_epoch,
                   "naive": lambda epoch: toolkit_epoch(decoding, epoch)}
@@ -582,7 +581,7 @@ def unet_section(options, scratch):
                 if epoch > 0:  # the first epoch of each repeat is a warm-up
                     seconds[name].append(time.perf_counter() - start)
     for trainer in (cached, decoding):
-        trainer.writer.close()
+        trainer.close()
     samples = len(train_set)
     rows = [make_row("unet", "train", "train samples/s", {name: rates(samples, values) for name, values in seconds.items()},
                      "higher"),

@@ -273,3 +273,12 @@ def test_synthetic_data_is_deterministic_and_documented(tmp_path):
     assert all(name[-3:] in ("_01", "_02") for name in names)
     with Image.open(first / "train" / f"{names[0]}.jpg") as image:
         assert image.size == (48, 32) and image.mode == "RGB"
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_reading_the_data_leaves_the_global_random_state_alone(tmp_path, cache):
+    root = write_carvana(tmp_path / "data", n_cars=2, views=2, size=SIZE, seed=3)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    CarvanaDataset(root, img_size=SIZE, cache=cache, log=lambda message: None)
+    assert torch.equal(torch.get_rng_state(), before)

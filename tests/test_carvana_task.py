@@ -98,3 +98,11 @@ def test_missing_mask_names_the_file(carvana_dir, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert missing in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_cache_does_not_change_the_results(carvana_dir, tmp_path):
+    from helpers import metric_history
+    memory, none = (train_seg(carvana_dir, tmp_path / cache, "--cache", cache, "--n_epoch", "2")
+                    for cache in ("memory", "none"))
+    assert metric_history(memory) == metric_history(none)
+    assert read_json(memory / "metrics.json")["test"] == read_json(none / "metrics.json")["test"]

@@ -188,3 +188,25 @@ def test_weights_of_finds_the_state_dict():
     assert weights_of(weights) is weights
     with pytest.raises(UserError, match="no model weights"):
         weights_of({"epoch": 1})
+
+
+def test_a_json_file_is_not_reported_as_unsafe(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"options": {"lr": 0.001}}\n')
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert "config.json" in message and "not a readable checkpoint" in message
+    assert "other than tensors" not in message and "weights_only" not in message
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_writes_get_the_permissions_of_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        save_atomic({"w": torch.ones(2)}, tmp_path / "a.pth")
+        write_json_atomic({"a": 1}, tmp_path / "a.json")
+    finally:
+        os.umask(previous)
+    for name in ("a.pth", "a.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

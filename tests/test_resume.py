@@ -216,3 +216,136 @@ def test_an_exception_saves_the_last_completed_step_and_propagates(fashion_dir, 
     state = load_plain(run / "Vanilla_last_ckpt.pth")
     assert state["global_step"] == 22 and state["epoch"] == 1 and state["batches_done"] == 5
     assert "crashed at epoch 2" in (run / "log.txt").read_text()
+
+
+def stopping_in(phase):
+    """A trainer that receives SIGTERM at the first batch of a validation ("val", the second epoch's)
+    or of the test, and counts the batches it still evaluates after that."""
+    class Stopping(VanillaTrainer):
+        evaluated_after_signal = 0
+
+        def forward_batch(self, model, batch):
+            in_test = self.progress.is_finished(self.args.n_epoch)
+            if not model.training and (in_test if phase == "test" else not in_test and self.progress.epoch == 1):
+                if self.stop.requested:
+                    type(self).evaluated_after_signal += 1
+                else:
+                    self.stop.signum = signal.SIGTERM
+            return super().forward_batch(model, batch)
+    Stopping.__name__ = "VanillaTrainer"
+    return Stopping
+
+
+@pytest.mark.parametrize("phase", ["val", "test"])
+def test_a_signal_during_evaluation_stops_within_one_batch_and_resumes_exactly(fashion_dir, tmp_path, uninterrupted,
+                                                                              phase):
+    trainer_class = stopping_in(phase)
+    with pytest.raises(SystemExit) as exit_info:
+        train_vanilla(fashion_dir, tmp_path, *FLAGS, trainer_class=trainer_class)
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert trainer_class.evaluated_after_signal == 0
+    run = run_dirs(tmp_path)[0]
+    metrics = read_json(run / "metrics.json")
+    assert metrics["status"] == "interrupted" and "test" not in metrics
+    state = load_plain(run / "Vanilla_last_ckpt.pth")
+    # In validation: the epoch's training is saved whole; in the test: the final state, untouched.
+    assert (state["epoch"], state["batches_done"]) == ((1, 17) if phase == "val" else (3, 0))
+    resume(run)
+    assert_same_weights(run, uninterrupted)
+    assert_same_results(run, uninterrupted)
+
+
+def test_a_crash_in_the_test_leaves_the_training_state_alone(fashion_dir, tmp_path):
+    class CrashingInTheTest(VanillaTrainer):
+        last_before_test = None
+
+        def forward_batch(self, model, batch):
+            if not model.training and self.progress.is_finished(self.args.n_epoch):
+                type(self).last_before_test = self.run.checkpoint_path("last").read_bytes()
+                raise RuntimeError("boom in the test")
+            return super().forward_batch(model, batch)
+    CrashingInTheTest.__name__ = "VanillaTrainer"
+    # The highest validation loss is the first epoch's: the best weights are not the last ones.
+    flags = [*FLAGS, "--monitor", "val/loss", "--monitor_mode", "max"]
+    with pytest.raises(RuntimeError, match="boom in the test"):
+        train_vanilla(fashion_dir, tmp_path, *flags, trainer_class=CrashingInTheTest)
+    run = run_dirs(tmp_path)[0]
+    assert (run / "Vanilla_last_ckpt.pth").read_bytes() == CrashingInTheTest.last_before_test
+    assert load_plain(run / "Vanilla_best_ckpt.pth")["epoch"] != 3
+    resume(run)  # the run resumes to run its test
+    metrics = read_json(run / "metrics.json")
+    assert metrics["status"] == "completed" and "test/accuracy" in metrics["test"]
+
+
+def test_a_cut_between_the_last_and_the_best_write_is_repaired(fashion_dir, tmp_path, uninterrupted, monkeypatch):
+    import utils.run_folder
+    best_epoch = read_json(uninterrupted / "metrics.json")["best_epoch"]
+    real_save = utils.run_folder.save_atomic
+    cut = []
+
+    def disk_full_at_the_best_epoch(content, path):
+        if path.name == "Vanilla_best_ckpt.pth" and not cut and load_plain(path.parent / "Vanilla_last_ckpt.pth")["epoch"] == best_epoch:
+            cut.append(path)
+            raise utils.run_folder.UserError(f"could not write {path}: No space left on device")
+        real_save(content, path)
+
+    monkeypatch.setattr(utils.run_folder, "save_atomic", disk_full_at_the_best_epoch)
+    with pytest.raises(SystemExit):
+        train_vanilla(fashion_dir, tmp_path, *FLAGS)
+    assert cut
+    monkeypatch.setattr(utils.run_folder, "save_atomic", real_save)
+    run = run_dirs(tmp_path)[0]
+    resume(run)
+    assert load_plain(run / "Vanilla_best_ckpt.pth")["epoch"] == read_json(run / "metrics.json")["best_epoch"] == best_epoch
+    assert_same_weights(run, uninterrupted)
+    assert_same_results(run, uninterrupted)
+    assert "rewrote it from" in (run / "log.txt").read_text()
+
+
+def test_resume_never_reads_the_initial_weights_again(fashion_dir, tmp_path):
+    flags = ["--n_epoch", "2", "--train_val_sample_rate", "0.2", "--test_sample_rate", "0.25", "--dropout", "0.2"]
+    source = train_vanilla(fashion_dir, tmp_path / "source", *flags[2:], "--n_epoch", "1")
+    init = tmp_path / "init.pth"
+    init.write_bytes((source / "Vanilla_best_ckpt.pth").read_bytes())
+    pretrained = [*flags, "--pretrained", "--model_path", init]
+    full = train_vanilla(fashion_dir, tmp_path / "full", *pretrained)
+    with pytest.raises(SystemExit):
+        train_vanilla(fashion_dir, tmp_path / "cut", *pretrained, trainer_class=stopping_at(12))
+    init.unlink()
+    run = run_dirs(tmp_path / "cut")[0]
+    resume(run)
+    assert_same_weights(run, full)
+    assert_same_results(run, full)
+
+
+def test_resume_refuses_a_new_length_for_a_cosine_schedule(fashion_dir, tmp_path, capsys):
+    run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--n_epoch", "1", "--lr_scheduler", "cosine")
+    before = (run / "Vanilla_last_ckpt.pth").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        VanillaTrainer.main(["--resume", str(run), "--n_epoch", "3"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "--n_epoch 3 (checkpoint: 1" in message and "cosine" in message
+    assert (run / "Vanilla_last_ckpt.pth").read_bytes() == before
+
+
+def test_resuming_a_finished_run_says_so(uninterrupted, capsys):
+    before = {path.name: path.read_bytes() for path in uninterrupted.iterdir() if path.is_file()}
+    with pytest.raises(SystemExit) as exit_info:
+        VanillaTrainer.main(["--resume", str(uninterrupted)])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "is finished" in message and "--n_epoch larger than 3" in message
+    assert {path.name: path.read_bytes() for path in uninterrupted.iterdir() if path.is_file()} == before
+
+
+def test_tensorboard_keeps_every_point_across_a_resume(fashion_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    # One optimizer step per epoch: the epoch axis and the step axis count alike.
+    flags = ["--train_val_sample_rate", "0.1", "--batch_size", "256", "--log_every_n_steps", "1"]
+    run = train_vanilla(fashion_dir, tmp_path, *flags, "--n_epoch", "1")
+    resume(run, "--n_epoch", "3")
+    events = EventAccumulator(str(run / "summary"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("val/accuracy")] == [1, 2, 3]
+    assert [event.step for event in events.Scalars("train/step_loss")] == [1, 2, 3]

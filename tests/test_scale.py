@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, load_plain, read_json, run_dirs, train_vanilla
+from helpers import ROOT, load_plain, metric_history, python_command, read_json, run_dirs, train_vanilla
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # Plain, gentle SGD: Adam, momentum or a large step amplify float rounding (the order in which a
@@ -174,3 +174,77 @@ def test_channels_last_unet_trains(carvana_dir, tmp_path):
     from helpers import train_seg
     run = train_seg(carvana_dir, tmp_path, "--channels_last", "--n_epoch", "1")
     assert (run / "UNet_best_ckpt.pth").is_file()
+
+
+# A vanilla trainer whose rank 1 alone receives SIGTERM just before optimizer step STEP completes.
+STOPPING_SCRIPT = """
+import signal
+import sys
+sys.path.insert(0, {root!r})
+from trainer_vanilla import VanillaTrainer
+
+
+class Stopping(VanillaTrainer):
+    def after_step(self):
+        if self.rank == 1 and self.progress.global_step == {step} and not self.stop.requested:
+            self.stop.signum = signal.SIGTERM
+        super().after_step()
+
+
+Stopping.__name__ = "VanillaTrainer"
+sys.exit(Stopping.main())
+"""
+
+
+def test_ddp_resume_mid_epoch_restores_every_rank(fashion_dir, tmp_path):
+    """Each rank's partial epoch sums and random stream (dropout on) come back: the resumed run's
+    metrics and weights equal the uninterrupted run's. Another number of processes is refused."""
+    flags = ["--data_dir", fashion_dir, "--batch_size", "16", "--deterministic", *FLAGS, "--n_epoch", "2",
+             "--dropout", "0.2"]
+    full = torchrun(2, "trainer_vanilla.py", "--output_dir", tmp_path / "full", *flags)
+    assert full.returncode == 0, full.stderr[-3000:]
+    script = tmp_path / "stopping.py"
+    script.write_text(STOPPING_SCRIPT.format(root=str(ROOT), step=17 + 5))  # 540 samples: 17 steps of 2x16 per epoch
+    cut = torchrun(2, script, "--output_dir", tmp_path / "cut", *flags)
+    assert cut.returncode != 0
+    run = run_dirs(tmp_path / "cut")[0]
+    state = load_plain(run / "Vanilla_last_ckpt.pth")
+    assert (state["epoch"], state["batches_done"], state["world_size"]) == (1, 5, 2)
+    assert len(state["epoch_sums"]) == len(state["rng"]) == 2
+    assert not torch.equal(*(sums["sums"]["loss_sum"] for sums in state["epoch_sums"]))  # each rank's own
+    refused = subprocess.run(python_command("trainer_vanilla.py", "--resume", run), cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and "written by 2 processes and this run has 1" in refused.stderr
+    assert "torchrun --nproc_per_node 2" in refused.stderr and "Traceback" not in refused.stderr
+    resumed = torchrun(2, "trainer_vanilla.py", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    uninterrupted = run_dirs(tmp_path / "full")[0]
+    assert metric_history(run) == metric_history(uninterrupted)
+    assert read_json(run / "metrics.json")["test"] == read_json(uninterrupted / "metrics.json")["test"]
+    assert_close_weights(run, uninterrupted, atol=0)
+
+
+def test_ddp_with_a_single_validation_and_test_sample(fashion_dir, tmp_path):
+    """Rank 1's validation and test shards are empty; it still joins every reduction."""
+    result = torchrun(2, "trainer_vanilla.py", "--data_dir", fashion_dir, "--output_dir", tmp_path, "--batch_size", "16",
+                      *FLAGS, "--val_ratio", "0.002", "--test_sample_rate", "0.0025")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = run_dirs(tmp_path)[0]
+    split = read_json(run / "split.json")
+    assert len(split["val"]) == len(split["test"]) == 1
+    metrics = read_json(run / "metrics.json")
+    assert metrics["status"] == "completed"
+    assert metrics["history"][0]["val/accuracy"] in (0.0, 1.0) and metrics["test"]["test/accuracy"] in (0.0, 1.0)
+
+
+def test_ranks_draw_different_augmentations(fashion_dir):
+    from trainer_vanilla import VanillaTrainer
+    args, _ = VanillaTrainer.parse(["--data_dir", str(fashion_dir)])
+    trainer = VanillaTrainer(args)
+    draws = {}
+    for rank in (0, 1):
+        trainer.rank = rank
+        draws[rank] = torch.rand(4, generator=trainer.batch_generator(epoch=0, index=0))
+    assert not torch.equal(draws[0], draws[1])
+    trainer.rank = 0
+    assert torch.equal(draws[0], torch.rand(4, generator=trainer.batch_generator(epoch=0, index=0)))

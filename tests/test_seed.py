@@ -41,3 +41,27 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path, restore_global_r
     assert _draws() == expected
     set_rng_state(load_checkpoint(tmp_path / "rng.pth")["rng"])
     assert _draws() == expected
+
+
+def _stream_draws():
+    return torch.rand(3), random.random(), float(np.random.rand())
+
+
+def test_each_rank_draws_its_own_stream_and_repeats_it(restore_global_rng):
+    from utils.seed import seed_process_streams
+    draws = {}
+    for rank in (0, 1, 0, 1):
+        seed_process_streams(7, rank)
+        draws.setdefault(rank, []).append(_stream_draws())
+    for rank in (0, 1):
+        first, again = draws[rank]
+        assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
+    assert not torch.equal(draws[0][0][0], draws[1][0][0])
+    assert draws[0][0][1] != draws[1][0][1] and draws[0][0][2] != draws[1][0][2]
+
+
+def test_derived_seeds_keep_their_keys_apart():
+    from utils.seed import derived_seed
+    assert derived_seed(1, 0) != derived_seed(0, 1)  # seed + rank would make these equal
+    assert derived_seed(0, 0, 1, 2) != derived_seed(0, 0, 2, 1)
+    assert derived_seed(3, 1) == derived_seed(3, 1) and 0 <= derived_seed(3, 1) < 2**63

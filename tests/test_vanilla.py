@@ -122,3 +122,18 @@ def test_boolean_flags_mean_what_they_say(text, expected):
     argv = ["--deterministic"] + ([text] if text else [])
     args, _ = VanillaTrainer.parse(argv)
     assert args.deterministic is expected
+
+
+def test_result_files_get_the_permissions_of_the_umask(fashion_dir, tmp_path):
+    import os
+    from eval_vanilla import VanillaEvaluator
+    previous = os.umask(0o002)  # a team's shared server: group members read and write
+    try:
+        run = train_vanilla(fashion_dir, tmp_path, "--n_epoch", "1", "--train_val_sample_rate", "0.1",
+                            "--test_sample_rate", "0.1")
+        assert VanillaEvaluator.main(["--model_path", str(run / "Vanilla_best_ckpt.pth")]) == 0
+    finally:
+        os.umask(previous)
+    for name in ("config.json", "metrics.json", "split.json", "Vanilla_best_ckpt.pth", "Vanilla_last_ckpt.pth",
+                 "eval/metrics.json"):
+        assert (run / name).stat().st_mode & 0o777 == 0o664, name
