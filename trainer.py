@@ -106,9 +106,9 @@ class TrainerBase(TaskBase):
     # ------------------------------------------------------------------ the workflow
     def fit(self):
         """Train, validate, test the best checkpoint, write the summary. Returns the test metrics."""
-        with self.stop.installed():
-            try:
-                self.setup()
+        try:
+            self.setup()
+            with self.stop.installed():  # from here on, a signal stops the run at the next batch
                 while not self.progress.is_finished(self.args.n_epoch):
                     started = time.perf_counter()
                     train = self.train_epoch()
@@ -116,15 +116,15 @@ class TrainerBase(TaskBase):
                     val = self.evaluate("val", on_batch=self.visualize_first_batch)
                     self.end_epoch(train, val, started, trained)
                 return self.test_best()
-            except TrainingStopped as stopped:
-                self.exit_stopped(stopped)
-            except (UserError, KeyboardInterrupt):
-                raise
-            except Exception:
-                self.save_after_crash()
-                raise
-            finally:
-                self.close()
+        except TrainingStopped as stopped:
+            self.exit_stopped(stopped)
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception:
+            self.save_after_crash()
+            raise
+        finally:
+            self.close()
 
     def train_epoch(self):
         """One pass over the training data: forward, backward, and an optimizer step per group of
@@ -147,8 +147,8 @@ class TrainerBase(TaskBase):
                 if self.is_finite(loss, index):
                     # Weighted by its share of the group's samples: K micro-batches give the gradient of
                     # one batch of all their samples (mean-reduced loss), also when the last is short.
-                    group_samples = sum(sampler.batch_size_at(i) for i in range(group_start, group_end))
-                    self.optimization.backward(loss * (sampler.batch_size_at(index) / group_samples))
+                    share = sampler.batch_size_at(index) / sum(map(sampler.batch_size_at, range(group_start, group_end)))
+                    self.optimization.backward(loss * share if share != 1 else loss)
                     group.append(self.stats_with_loss(batch, outputs, loss))
                     interval.append(loss.detach())
                 else:  # a zero gradient, so that DDP's gradient sync still happens on every rank

@@ -141,7 +141,7 @@ def run_toolkit(config, baton):
     args, resume_checkpoint = VanillaTrainer.parse(argv)
     trainer = TakingTurns(args, resume_checkpoint)
     trainer.fit()
-    history = json.loads((trainer.run_dir / "metrics.json").read_text())["history"]
+    history = json.loads((trainer.run.path / "metrics.json").read_text())["history"]
     train_seconds = [record["train_time_s"] - wait for record, wait in zip(history, waits)]
     # fit() already ran one test pass (of the best checkpoint): that is the evaluation warm-up.
     eval_seconds = []

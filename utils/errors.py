@@ -1,7 +1,8 @@
 """Errors that are the user's to fix, and the command-line wrapper that reports them.
 
 A `UserError` is printed as one line (``error: <message>``) and exits with code 2: no traceback
-for a mistake in an option, a path or a data folder. `--debug` shows the traceback anyway.
+for a mistake in an option, a path or a data folder. Ctrl+C that reaches the top (before training
+starts, or pressed twice) exits with 130. `--debug` shows the traceback anyway.
 Anything else is a bug and propagates with its traceback.
 """
 import sys
@@ -21,3 +22,8 @@ def run_cli(main, argv=None):
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl+C before training started, or twice: nothing was left to save
+        if "--debug" in argv:
+            raise
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,5 +1,6 @@
 """SIGINT and SIGTERM (a cluster's pre-emption) as a request the training loops honour at the next batch."""
 import signal
+import threading
 from contextlib import contextmanager
 
 
@@ -16,7 +17,11 @@ class StopRequest:
 
     @contextmanager
     def installed(self):
-        """Handle the signals inside the block (the main thread's handlers), restore them after."""
+        """Handle the signals inside the block, restore the previous handlers after. Only the main
+        thread receives signals: elsewhere (a run started from a thread) nothing is installed."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
         previous = {signum: signal.signal(signum, self.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self
