@@ -36,7 +36,6 @@ from utils.batch import batch_size_of, concatenate, to_device
 from utils.checkpoint import load_weights
 from utils.logger import progress_bar, setup_logger
 from utils.meter import MetricSums
-from utils.optimization import Optimization
 from utils.seed import seed_everything
 from utils.signals import StopRequest
 
@@ -211,8 +210,8 @@ class TaskBase:
                            pin_memory=args.pin_memory and self.device.type == "cuda")
 
     def setup_model(self, weights=None, source=None, partial=False):
-        """The model on the device, with `weights` (a state dict from `source`) if given; see
-        `distributed.wrap_model` for `model`, `train_model` and `eval_model`. Then the loss and optimizer."""
+        """The model on the device, with `weights` (a state dict from `source`) if given (see
+        `distributed.wrap_model` for `model`, `train_model` and `eval_model`), and the loss."""
         args = self.args
         torch.manual_seed(args.seed)  # initial weights depend on the seed alone, not on what data loading drew
         model = self.build_model()
@@ -221,4 +220,3 @@ class TaskBase:
         model.to(self.device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
         self.model, self.train_model, self.eval_model = distributed.wrap_model(model, args, self.device, self.world_size)
         self.loss_fn = self.build_loss()
-        self.optimization = Optimization(self.model.parameters(), args, self.device.type)

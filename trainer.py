@@ -42,6 +42,7 @@ from utils.batch import batch_size_of
 from utils.checkpoint import load_checkpoint, load_weights, weights_of
 from utils.errors import UserError, run_cli
 from utils.logger import close_logger, setup_logger
+from utils.optimization import Optimization
 from utils.options import Parser
 from utils.progress import TrainingProgress
 from utils.run_folder import CHECKPOINT_FORMAT, RunFolder, check_checkpoint, check_resumable, find_checkpoint
@@ -217,6 +218,7 @@ class TrainerBase(TaskBase):
         self.setup_data(run.read_split() if run else None)
         weights, source = (None, None) if checkpoint else self.initial_weights()
         self.setup_model(weights, source, partial=args.partial_load)
+        self.setup_optimization()
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
         self.run = run or RunFolder.create(args.output_dir or Path("Results") / args.proj_name, args.model_type,
@@ -238,6 +240,9 @@ class TrainerBase(TaskBase):
             raise UserError("initial weights need both --model_path PATH and --pretrained (to continue a run, use --resume)")
         self.log.info(f"initial weights from {args.model_path}")
         return weights_of(load_checkpoint(args.model_path)), args.model_path
+
+    def setup_optimization(self):
+        self.optimization = Optimization(self.model.parameters(), self.args, self.device.type)
 
     def open_run_folder(self):
         """Log file, config, split, TensorBoard; then the random streams training starts from."""

@@ -90,13 +90,8 @@ class SegOnCarvanaTrainer(TrainerBase):
         images, masks = batch
         logits = model(images)
         if isinstance(logits, (list, tuple)):  # UNet++ deep supervision: every head learns
-            loss = sum(self.loss_fn(head, masks) for head in logits) / len(logits)
-            return loss, logits[-1]
+            return sum(self.loss_fn(head, masks) for head in logits) / len(logits), logits[-1]
         return self.loss_fn(logits, masks), logits
-
-    def predict_batch(self, model, images):
-        logits = model(images)
-        return logits[-1] if isinstance(logits, (list, tuple)) else logits  # UNet++: the last head
 
     def batch_stats(self, batch, outputs):
         return segmentation_stats(outputs.float(), batch[1], self.args.threshold)
@@ -116,15 +111,10 @@ class SegOnCarvanaTrainer(TrainerBase):
 
 def shift_with_zeros(tensor, dy, dx):
     """Translate a [C, H, W] tensor by (dy, dx) pixels, filling the uncovered border with zeros."""
-    shifted = torch.roll(tensor, shifts=(dy, dx), dims=(1, 2))
-    if dy > 0:
-        shifted[:, :dy] = 0
-    elif dy < 0:
-        shifted[:, dy:] = 0
-    if dx > 0:
-        shifted[:, :, :dx] = 0
-    elif dx < 0:
-        shifted[:, :, dx:] = 0
+    height, width = tensor.shape[1:]
+    shifted = torch.zeros_like(tensor)
+    shifted[:, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+        tensor[:, max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)]
     return shifted
 
 

@@ -34,10 +34,8 @@ class VanillaTrainer(TrainerBase):
         return torch.nn.CrossEntropyLoss()
 
     def prepare_batch(self, batch, train, generator):
-        if isinstance(batch, torch.Tensor):  # images without labels, to predict
-            return normalize(batch)
         images, labels = batch
-        return normalize(images), labels
+        return images.float().sub_(MEAN * 255).div_(STD * 255), labels
 
     def forward_batch(self, model, batch):
         images, labels = batch
@@ -55,15 +53,10 @@ class VanillaTrainer(TrainerBase):
             return
         from data.fashion_mnist import CLASSES
         accuracies = per_class_accuracy(totals["confusion"])
-        self.log.info(f"{phase} per-class accuracy: "
-                      + ", ".join(f"{name} {value:.3f}" for name, value in zip(CLASSES, accuracies)))
+        self.log.info(f"{phase} per-class accuracy: " + ", ".join(f"{n} {v:.3f}" for n, v in zip(CLASSES, accuracies)))
         if self.writer is not None and epoch is not None:
             for name, value in zip(CLASSES, accuracies):
                 self.writer.add_scalar(f"{phase}_per_class/{name.replace('/', '_').replace(' ', '_')}", value, epoch)
-
-
-def normalize(images):
-    return images.float().sub_(MEAN * 255).div_(STD * 255)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ def test_accumulated_gradient_equals_the_big_batch_gradient(fashion_dir):
         trainer.setup_runtime()
         trainer.setup_data()
         trainer.setup_model()
+        trainer.setup_optimization()
         captured = []
 
         def capture():
