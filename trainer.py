@@ -200,8 +200,9 @@ class TrainerBase(TaskBase):
         self.report("test", totals, best_epoch)
         shown = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items())
         self.log.info(f"test ({path.name}, epoch {best_epoch}): {shown}")
-        self.write_metrics("early_stopped" if self.progress.stopper.should_stop else "completed", metrics, path)
         self.run.write_hparams(vars(self.args), metrics, best_epoch or self.progress.epoch, self.progress.stopper.best)
+        # The test results in metrics.json mark the run finished: they are written last.
+        self.write_metrics("early_stopped" if self.progress.stopper.should_stop else "completed", metrics, path)
         self.log.info(f"done: {self.run.path}")
         distributed.barrier()  # every rank leaves the process group together
         return metrics

@@ -107,8 +107,10 @@ def test_sigkill_at_random_moments_then_resume_reaches_the_same_weights(fashion_
     rng = random.Random(0)
     command = python_command("trainer_vanilla.py", *flags)
     kills = 0
-    while True:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(6):  # three kills, then a resume that finishes; bounded so a refusal cannot loop
+        stderr_path = tmp_path / f"stderr_{kills}.txt"
+        with open(stderr_path, "w") as stderr_file:  # a file, not a pipe: a full pipe would stall the run
+            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr_file)
         if kills < 3:
             # Wait for a checkpoint to exist, then kill at a random moment of the training.
             deadline = time.monotonic() + 120
@@ -118,13 +120,22 @@ def test_sigkill_at_random_moments_then_resume_reaches_the_same_weights(fashion_
                 time.sleep(0.05)
             time.sleep(rng.uniform(0.0, 1.5))
             process.send_signal(signal.SIGKILL)
-        if process.wait(timeout=300) == 0:
+        process.wait(timeout=300)
+        stderr = stderr_path.read_text()
+        if process.returncode == 0:
             break
-        kills += 1
         run = run_dirs(tmp_path / "killed")[0]
+        if kills and process.returncode == 2:
+            # A kill after the summary was written leaves a finished run, and its resume says so.
+            assert "is finished" in stderr, stderr
+            break
+        assert process.returncode == -signal.SIGKILL, stderr
+        kills += 1
         checkpoint = run / "Vanilla_last_ckpt.pth"
         load_plain(checkpoint)  # never truncated
         command = python_command("trainer_vanilla.py", "--resume", run)
+    else:
+        pytest.fail("the killed run never finished")
     run = run_dirs(tmp_path / "killed")[0]
     assert kills >= 1
     assert_same_weights(run, full)

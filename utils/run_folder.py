@@ -124,6 +124,7 @@ class RunFolder:
         if best is not None:
             final[f"hparam/best_{options['monitor']}"] = best
         self.writer.add_hparams(hparams, final, run_name="hparams")
+        self.writer.flush()
 
     def close(self):
         if self.writer is not None:
