@@ -1,9 +1,13 @@
-"""EvaluatorBase: evaluate a trained checkpoint on the held-out test split of its run.
+"""EvaluatorBase: evaluate a trained checkpoint on a split of its run.
 
-    python eval_vanilla.py --model_path Results/Vanilla/<ts>/Vanilla_best_ckpt.pth
+    python eval_vanilla.py --model_path Results/Vanilla/<ts>/Vanilla_best_ckpt.pth [--split val] [--tag T]
 
-Everything else comes from the checkpoint's saved options and the run folder's split.json;
-any option given on the command line overrides the saved one (`--data_dir`, `--batch_size`, ...).
+Everything else comes from the checkpoint's saved options and the run folder's split.json. The
+options that apply to evaluation (data paths, batch size, devices, AMP, the evaluator's own) may
+override the saved ones; a training option or one that defines the split is refused, naming it.
+Each evaluation writes its own folder, `<run>/eval/<split>[_<tag>]`: evaluating `test` and then
+`val` keeps both, and evaluating the same split again replaces its folder as a whole, only once
+the new evaluation has finished (an explicit --save_path is written into as it is).
 It runs the task's own `evaluate()` (task.py), the loop the trainer tests with, so its numbers
 equal the test metrics the trainer wrote for the same checkpoint. Hooks a task evaluator may
 override:
@@ -13,15 +17,22 @@ override:
                                   each evaluated batch; `indices` are the rows' positions in the
                                   evaluated split (visualisation, per-sample results)
     results()                     -> dict merged into metrics.json (per-sample lists, ...)
-    run()                         the whole evaluation, for modes other than the test split
+    finish()                      after the last batch, before metrics.json (pictures of the whole split)
+    run()                         the whole evaluation, for modes other than a split
+    output_name()                 the output folder's name (default: the split, and the tag)
 """
+import argparse
+import os
+import re
+import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
-from utils.arguments import merge_options
+from utils.arguments import SPLIT_OPTIONS, TRAINING_OPTIONS, merge_options
 from utils.checkpoint import load_checkpoint, write_json_atomic
 from utils.errors import UserError, run_cli
-from utils.options import add_flag, positive_int
+from utils.options import add_flag, explicit_options, positive_int
 from utils.run_folder import RunFolder, check_checkpoint, find_checkpoint
 
 
@@ -31,14 +42,29 @@ class EvaluatorBase:
     @classmethod
     def build_parser(cls):
         parser = cls.trainer_class.build_parser()
-        parser.description = f"Evaluate a checkpoint of {cls.trainer_class.__name__} on its run's test split."
+        parser.description = f"Evaluate a checkpoint of {cls.trainer_class.__name__} on a split of its run."
+        for action in parser._actions:
+            if action.dest in cls.refused_options():
+                action.help = argparse.SUPPRESS  # accepted by the parser only to be refused by name
         group = parser.add_argument_group("evaluation")
-        group.add_argument("--save_path", type=Path, default=None, help="output folder (default <run folder>/eval)")
+        group.add_argument("--save_path", type=Path, default=None,
+                           help="output folder (default <run folder>/eval/<split>[_<tag>])")
         group.add_argument("--split", choices=("test", "val"), default="test", help="which part of the run's split")
+        group.add_argument("--tag", type=_tag, default=None,
+                           help="a name for this evaluation, added to its folder's: <split>_<tag>")
         add_flag(group, "--viz", help="write pictures of the predictions to <save_path>/viz")
         group.add_argument("--n_snap", type=positive_int, default=10, help="with --viz: every N-th sample")
         cls.add_eval_arguments(parser)
         return parser
+
+    @classmethod
+    def refused_options(cls):
+        """{option: why the evaluator refuses it}: the training's options, and the split's."""
+        trainer = cls.trainer_class
+        training = "is a training option; the evaluator uses the checkpoint's value"
+        split = "defines the split, which the evaluator reads from the run's split.json"
+        return {**{name: training for name in (*TRAINING_OPTIONS, *trainer.task_training_options)},
+                **{name: split for name in (*SPLIT_OPTIONS, *trainer.task_split_options)}}
 
     @classmethod
     def add_eval_arguments(cls, parser):
@@ -47,13 +73,19 @@ class EvaluatorBase:
     @classmethod
     def main(cls, argv=None):
         def run(argv):
-            cls(argv).run()
+            evaluator = cls(argv)
+            with evaluator.output_folder():
+                evaluator.run()
             return 0
         return run_cli(run, argv)
 
     def __init__(self, argv):
         parser = self.build_parser()
+        argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
         args = parser.parse_args(argv)
+        refused = self.refused_options()
+        for name in sorted(explicit_options(parser, argv) & set(refused)):
+            raise UserError(f"--{name} {refused[name]}")
         if args.model_path is None:
             raise UserError("--model_path is required: the checkpoint to evaluate, "
                             "e.g. Results/<proj_name>/<timestamp>/<model_type>_best_ckpt.pth")
@@ -63,16 +95,47 @@ class EvaluatorBase:
         args.model_path, args.pretrained, args.resume = None, False, None  # the weights are the checkpoint's
         self.checkpoint_path = path
         self.run_folder = RunFolder(path.parent, args.model_type, writes=False)
-        self.save_path = Path(args.save_path) if args.save_path else self.run_folder.path / "eval"
         self.args = args
+        self.save_path = Path(args.save_path) if args.save_path else self.run_folder.path / "eval" / self.output_name()
         self.trainer = self.trainer_class(args)
         self.log = self.trainer.log
+
+    def output_name(self):
+        return self.args.split + (f"_{self.args.tag}" if self.args.tag else "")
+
+    @contextmanager
+    def output_folder(self):
+        """Around the evaluation: a default output folder is written under a temporary name and
+        replaces the previous one of the same name only when the evaluation has finished; a failed
+        or interrupted one leaves the previous results as they were."""
+        if self.args.save_path is not None:
+            yield
+            self.log.info(f"results in {self.save_path}")
+            return
+        final = self.save_path
+        self.save_path = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        try:
+            shutil.rmtree(self.save_path, ignore_errors=True)
+            yield
+            if self.save_path.is_dir():
+                previous = final.with_name(f".{final.name}.old-{os.getpid()}")
+                if final.exists():
+                    final.rename(previous)
+                self.save_path.rename(final)
+                shutil.rmtree(previous, ignore_errors=True)
+                self.log.info(f"results in {final}")
+        finally:
+            shutil.rmtree(self.save_path, ignore_errors=True)
+            self.save_path = final
 
     def on_batch(self, batch, outputs, indices):
         """Called for each evaluated batch."""
 
     def results(self):
         return {}
+
+    def finish(self):
+        """After the last evaluated batch."""
 
     def setup(self, data=True):
         """Device, data with the run's split (unless `data` is False), the model with the checkpoint's
@@ -92,13 +155,20 @@ class EvaluatorBase:
         phase = self.args.split
         metrics, totals = self.trainer.evaluate(phase, on_batch=self.on_batch)
         self.trainer.report(phase, totals, None)
+        self.finish()
         for name, value in metrics.items():
             print(f"{name}: {value:.6f}")
         summary = {"checkpoint": str(self.checkpoint_path), "epoch": self.checkpoint.get("best_epoch"),
-                   "split": phase, "samples": len(self.trainer.datasets[phase]), "metrics": metrics, **self.results()}
+                   "split": phase, "tag": self.args.tag, "samples": len(self.trainer.datasets[phase]),
+                   "metrics": metrics, **self.results()}
         write_json_atomic(summary, self.save_path / "metrics.json")
-        self.log.info(f"wrote {self.save_path / 'metrics.json'}")
         return metrics
+
+
+def _tag(text):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+        raise argparse.ArgumentTypeError(f"expected letters, digits, '.', '_' or '-' (a folder name), got {text!r}")
+    return text
 
 
 if __name__ == "__main__":

@@ -33,11 +33,17 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         group.add_argument("--input_dir", type=Path, default=None,
                            help="predict masks for the unlabelled images in this folder (e.g. Kaggle's test)")
         group.add_argument("--submission", type=Path, default=None,
-                           help="with --input_dir: the Kaggle CSV to write (default <save_path>/submission.csv)")
+                           help="with --input_dir: the Kaggle CSV to write "
+                                "(default <run>/eval/predict[_<tag>]/submission.csv)")
 
     def __init__(self, argv):
         super().__init__(argv)
         self.per_image = []
+
+    def output_name(self):
+        if self.args.input_dir is None:
+            return super().output_name()
+        return "predict" + (f"_{self.args.tag}" if self.args.tag else "")
 
     def probabilities(self, logits, size):
         """Car probability at `size` (height, width), from logits at the model's resolution."""
@@ -114,7 +120,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(["img", "rle_mask"])
             writer.writerows(rows)
-        self.log.info(f"wrote {len(rows)} masks to {submission}")
+        self.log.info(f"wrote {len(rows)} masks to {submission.name}")
         return {"images": len(rows)}
 
 

@@ -192,13 +192,31 @@ class TaskBase:
             check_dataset(test_pool, f"the {args.data_type} test set")
         self.split = split or make_split(pool, test_pool, self.split_ratios(), args.seed,
                                          args.train_val_sample_rate, args.test_sample_rate)
+        sources = {phase: test_pool if phase == "test" and test_pool is not None else pool
+                   for phase in ("train", "val", "test")}
+        indices = self.debug_subsets({phase: split_indices(source, self.split, phase)
+                                      for phase, source in sources.items()})
         self.datasets, self.loaders = {}, {}
-        for phase in ("train", "val", "test"):
-            source = test_pool if phase == "test" and test_pool is not None else pool
-            self.datasets[phase] = Subset(source, split_indices(source, self.split, phase))
+        for phase, source in sources.items():
+            self.datasets[phase] = Subset(source, indices[phase])
             self.loaders[phase] = self.make_loader(self.datasets[phase], train=phase == "train")
         sizes = ", ".join(f"{phase} {len(dataset)}" for phase, dataset in self.datasets.items())
         self.log.info(f"data: {args.data_type} from {args.data_dir}: {sizes}")
+
+    def debug_subsets(self, indices):
+        """The samples of each phase for a debug run: the first --fast_dev_run batches of each, or, with
+        --overfit_batches, the first training batches for both training and validation."""
+        args, processes = self.args, self.world_size
+        eval_batch = args.eval_batch_size or args.batch_size
+        if args.overfit_batches:
+            fixed = list(indices["train"][:args.overfit_batches * args.batch_size * processes])
+            indices["train"] = indices["val"] = fixed
+            self.log.info(f"overfit_batches: training and validating on the same {len(fixed)} training samples")
+        if args.fast_dev_run:
+            indices = {phase: list(chosen[:args.fast_dev_run * (args.batch_size if phase == "train" else eval_batch)
+                                           * processes]) for phase, chosen in indices.items()}
+            self.log.info(f"fast_dev_run: {args.fast_dev_run} batches of each phase, one epoch")
+        return indices
 
     def make_loader(self, dataset, train=False):
         """Batches of `dataset` for this process: shuffled and padded to equal rank shares for training;

@@ -38,8 +38,10 @@ import torch
 from task import TaskBase, TrainingStopped
 from utils import distributed
 from utils.arguments import add_base_arguments, json_value, merge_options, resume_safe_options
+from data.loader import first_samples
 from utils.batch import batch_size_of
 from utils.checkpoint import load_checkpoint, load_weights, weights_of
+from utils.config_file import config_file_in, format_options, read_config_file
 from utils.errors import UserError, run_cli
 from utils.logger import close_logger, setup_logger
 from utils.optimization import Optimization
@@ -47,6 +49,7 @@ from utils.options import Parser
 from utils.progress import TrainingProgress
 from utils.run_folder import CHECKPOINT_FORMAT, RunFolder, check_checkpoint, check_resumable, find_checkpoint
 from utils.seed import derived_seed, get_rng_state, seed_process_streams, set_rng_state
+from utils.summary import format_summary, summarize
 
 
 class NonFiniteLoss(UserError):
@@ -57,6 +60,8 @@ class TrainerBase(TaskBase):
     """Base of every task's trainer; the hooks are TaskBase's (task.py)."""
 
     task_resume_safe_options = ()  # the task's options that do not change what a resumed run computes
+    task_training_options = ()  # the task's options that only training uses (the evaluator refuses them)
+    task_split_options = ()  # the task's options that define the split (the evaluator reads split.json)
 
     # ------------------------------------------------------------------ options
     @classmethod
@@ -77,9 +82,18 @@ class TrainerBase(TaskBase):
     def parse(cls, argv):
         """Parse `argv` into options; with --resume, options not given are the checkpoint's."""
         parser = cls.build_parser()
+        argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+        config = config_file_in(argv)
+        if config is not None:  # the file's values become defaults: flags given here override them
+            parser.set_defaults(**read_config_file(config, parser))
         args = parser.parse_args(argv)
+        if args.fast_dev_run:  # one short epoch, every step logged
+            args.n_epoch, args.log_every_n_steps = 1, 1
         if args.resume is None:
             return args, None
+        if config is not None:
+            raise UserError(f"--config {config} with --resume: a resumed run keeps its checkpoint's options; "
+                            "give only the flags a resume may change")
         path = find_checkpoint(args.resume)
         checkpoint = check_checkpoint(load_checkpoint(path), path, cls.__name__)
         saved = checkpoint["config"]
@@ -92,6 +106,9 @@ class TrainerBase(TaskBase):
         """Command-line entry point of a task script."""
         def run(argv):
             args, checkpoint = cls.parse(argv)
+            if args.print_config:
+                print(format_options(json_value(vars(args)), args.print_config), end="")
+                return 0
             cls(args, checkpoint).fit()
             return 0
         return run_cli(run, argv)
@@ -103,6 +120,7 @@ class TrainerBase(TaskBase):
         self.run = None  # the RunFolder, once training starts
         self.saved_position = None  # the progress position of the newest saved state
         self.in_update = False  # True while the optimizer changes the weights: no crash save then
+        self.model_summary = None  # parameter counts and size, once the model is built
 
     # ------------------------------------------------------------------ the workflow
     def fit(self):
@@ -219,12 +237,38 @@ class TrainerBase(TaskBase):
         self.setup_data(run.read_split() if run else None)
         weights, source = (None, None) if checkpoint else self.initial_weights()
         self.setup_model(weights, source, partial=args.partial_load)
+        model_inputs = self.describe_model()
         self.setup_optimization()
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
         self.run = run or RunFolder.create(args.output_dir or Path("Results") / args.proj_name, args.model_type,
-                                           self.main_process)
+                                           self.main_process, "_fast_dev_run" if args.fast_dev_run else "")
         self.open_run_folder()
+        if checkpoint is None and args.log_graph and model_inputs is not None:
+            self.run.write_graph(self.model, model_inputs, self.log)
+
+    def describe_model(self):
+        """Log the model summary (parameters, size, a row per top-level module with its output shape
+        for two training samples) and keep its numbers for config.json. Returns the model's inputs
+        in that forward pass (for TensorBoard's graph), or None if it failed."""
+        inputs = []
+        capture = self.model.register_forward_pre_hook(lambda module, args: inputs.append(args) if not inputs else None)
+        self.model.eval()  # no BatchNorm statistics or dropout draws: the run is as without the summary
+
+        def forward():
+            batch = self.prepare_batch(self.to_device(first_samples(self.datasets["train"], 2)), False, None)
+            with self.autocast():
+                self.forward_batch(self.model, batch)
+        try:
+            self.model_summary = summarize(self.model, forward)
+        except Exception as error:  # a task's forward that fails shows in training, with its traceback
+            self.log.warning(f"model summary without output shapes: the forward pass of two samples failed "
+                             f"({type(error).__name__}: {error})")
+            self.model_summary, inputs = summarize(self.model), []
+        finally:
+            capture.remove()
+        self.log.info(f"model {self.args.model_type}:\n{format_summary(self.model_summary)}")
+        return inputs[0] if inputs else None
 
     def check_monitor(self):
         phase, _, name = self.args.monitor.partition("/")
@@ -255,8 +299,9 @@ class TrainerBase(TaskBase):
             run.repair_best(self.log)
         else:
             run.write_json("split.json", self.split)
+        model = {name: value for name, value in self.model_summary.items() if name != "modules"}
         run.write_config(json_value(vars(self.args)), self.device, self.world_size,
-                         self.args.resume if checkpoint else None, self.progress.position)
+                         self.args.resume if checkpoint else None, self.progress.position, model)
         # Events after the checkpoint's step were written by the interrupted process after it saved.
         run.open_writer(purge_step=self.progress.global_step + 1 if checkpoint else None)
         if checkpoint is None:

@@ -25,6 +25,9 @@ class SegOnCarvanaTrainer(TrainerBase):
     metric_names = ("loss", "dice", "iou", "pixel_accuracy")
     eval_stats_every = 1  # full-size masks and logits: no point holding several batches
     task_resume_safe_options = ("cache", "cache_dir")
+    task_training_options = ("augment", "max_shift", "n_viz", "loss", "n_channels", "n_classes", "depth",
+                             "base_width", "deep_supervision")
+    task_split_options = ("test_ratio",)
 
     @classmethod
     def add_task_arguments(cls, parser):

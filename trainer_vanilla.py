@@ -21,6 +21,7 @@ class VanillaTrainer(TrainerBase):
     data_types = ("FashionMNIST",)
     metric_names = ("loss", "accuracy", "top5_accuracy")
     task_resume_safe_options = ("download",)
+    task_training_options = ("download", "dropout")
 
     @classmethod
     def add_task_arguments(cls, parser):

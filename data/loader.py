@@ -194,3 +194,11 @@ class BatchLoader:
 
 def _as_tensor(indices):
     return torch.arange(indices.start, indices.stop) if isinstance(indices, slice) else indices
+
+
+def first_samples(dataset, n):
+    """A batch of the first `n` samples of `dataset`, as its loader would give it."""
+    n = min(n, len(dataset))
+    if getattr(dataset, "batched", False):
+        return dataset.get_batch(torch.arange(n))
+    return torch.utils.data.default_collate([dataset[index] for index in range(n)])

@@ -4,9 +4,8 @@ Each "car" is a coloured ellipse with a darker window band and two dark wheels o
 slightly noisy studio background, so a small UNet separates it within a few epochs. Tests and
 demos use it in place of the real 24 GB download:
 
-    python -m data.synthetic_carvana Dataset/carvana_synthetic --n-cars 12 --views 4
+    python -m data.synthetic_carvana Dataset/synthetic/Carvana --n_cars 12 --views 4
 """
-import argparse
 import colorsys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from utils.errors import UserError, run_cli
+from utils.options import Parser, non_negative_int, positive_int
 
 MASK_FORMATS = ("palette", "L")
 
@@ -115,14 +115,14 @@ def write_carvana(root, n_cars=6, views=4, size=(64, 96), seed=0, mask_format="p
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="folder to write train/ and train_masks/ into")
-    parser.add_argument("--n-cars", type=int, default=6, help="number of distinct car ids")
-    parser.add_argument("--views", type=int, default=4, help="images per car, named _01, _02, ...")
-    parser.add_argument("--height", type=int, default=64, help="image height in pixels")
-    parser.add_argument("--width", type=int, default=96, help="image width in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same files")
-    parser.add_argument("--mask-format", choices=MASK_FORMATS, default="palette",
+    parser.add_argument("--n_cars", type=positive_int, default=6, help="number of distinct car ids")
+    parser.add_argument("--views", type=positive_int, default=4, help="images per car, named _01, _02, ...")
+    parser.add_argument("--height", type=positive_int, default=64, help="image height in pixels")
+    parser.add_argument("--width", type=positive_int, default=96, help="image width in pixels")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="the same seed writes the same files")
+    parser.add_argument("--mask_format", choices=MASK_FORMATS, default="palette",
                         help="palette: 0/1 palette GIFs as Kaggle's; L: 0/255 grey GIFs")
     args = parser.parse_args(argv)
     root = write_carvana(args.root, args.n_cars, args.views, (args.height, args.width),

@@ -55,6 +55,7 @@ def test_ddp_writes_one_run_folder(ddp_run):
     assert config["environment"]["world_size"] == 2
     metrics = read_json(runs[0] / "metrics.json")
     assert metrics["status"] == "completed" and len(metrics["history"]) == 2
+    assert graph_written(runs[0]), "the model graph, traced from the plain model on rank 0"
 
 
 def test_ddp_test_metrics_count_every_sample_once(ddp_run, tmp_path):
@@ -154,10 +155,18 @@ def test_fp16_grad_scaler_state_is_checkpointed(fashion_dir, tmp_path):
     assert read_json(run / "metrics.json")["skipped_steps"] >= 0
 
 
+def graph_written(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run / "summary"))
+    events.Reload()
+    return events.Tags()["graph"]
+
+
 def test_compiled_model_checkpoint_loads_into_a_plain_model_and_back(fashion_dir, tmp_path):
     from model.vanilla_model import VanillaMLP
     from utils.checkpoint import load_weights
     run = train_vanilla(fashion_dir, tmp_path / "compiled", "--compile", "--compile_backend", "eager", *FLAGS)
+    assert graph_written(run)
     weights = load_plain(run / "Vanilla_best_ckpt.pth")["model"]
     assert not any("_orig_mod" in key for key in weights)
     plain = VanillaMLP()

@@ -72,7 +72,12 @@ def test_evaluator_reproduces_trainer_metrics(trained_run, tmp_path):
                                   "--save_path", str(tmp_path), "--viz", "--n_snap", "100"]) == 0
     evaluated = read_json(tmp_path / "metrics.json")
     assert evaluated["metrics"] == read_json(trained_run / "metrics.json")["test"]
-    assert len(list((tmp_path / "viz").glob("*.png"))) == 4
+    # Every 100th of the 400 test samples is pictured: four tiles of 112x(112+26) on one contact sheet.
+    from PIL import Image
+    sheets = list((tmp_path / "viz").glob("*.png"))
+    assert [sheet.name for sheet in sheets] == ["contact_sheet_001.png"]
+    with Image.open(sheets[0]) as sheet:
+        assert sheet.size == (4 * 112, 112 + 26)
 
 
 def test_same_seed_gives_identical_runs(fashion_dir, tmp_path):
@@ -135,5 +140,7 @@ def test_result_files_get_the_permissions_of_the_umask(fashion_dir, tmp_path):
     finally:
         os.umask(previous)
     for name in ("config.json", "metrics.json", "split.json", "Vanilla_best_ckpt.pth", "Vanilla_last_ckpt.pth",
-                 "eval/metrics.json"):
+                 "eval/test/metrics.json"):
         assert (run / name).stat().st_mode & 0o777 == 0o664, name
+    for name in ("eval", "eval/test"):
+        assert (run / name).stat().st_mode & 0o777 == 0o775, name

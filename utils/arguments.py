@@ -14,13 +14,30 @@ from utils.scheduler import SCHEDULERS, SCHEDULES_OVER_N_EPOCH
 RESUME_SAFE_OPTIONS = frozenset({
     "resume", "n_epoch", "num_workers", "data_dir", "output_dir", "description", "debug", "save_every_n_steps",
     "log_every_n_steps", "gpu_devices", "pin_memory", "compile", "compile_backend", "model_path", "pretrained",
-    "partial_load",
+    "partial_load", "config", "print_config", "log_graph",
 })
+
+# Options of the base that only training uses, and those that define the split: the evaluator takes
+# both from the checkpoint and refuses them on its command line. A task adds its own in
+# `TrainerBase.task_training_options` / `task_split_options`.
+TRAINING_OPTIONS = (
+    "config", "print_config", "proj_name", "description", "output_dir", "log_every_n_steps", "log_graph",
+    "fast_dev_run", "overfit_batches", "model_type", "pretrained", "partial_load", "n_epoch", "optim", "lr",
+    "weight_decay", "momentum", "lr_scheduler", "warmup_epoch", "lr_decay_epochs", "lr_decay_rate",
+    "plateau_patience", "clip", "clip_mode", "accum_steps", "skip_nonfinite", "monitor", "monitor_mode",
+    "early_stop_patience", "early_stop_delta", "save_every_n_steps", "resume", "sync_bn",
+)
+SPLIT_OPTIONS = ("seed", "data_type", "val_ratio", "train_val_sample_rate", "test_sample_rate")
 
 
 def add_base_arguments(parser, model_types, data_types):
     """The base's argparse groups; `model_types` / `data_types` are the names the task offers."""
     run = parser.add_argument_group("run")
+    run.add_argument("--config", type=Path, default=None, metavar="FILE",
+                     help="options from a .json/.yaml file (a run's config.json repeats that run); "
+                          "flags given on the command line override it")
+    run.add_argument("--print_config", nargs="?", const="yaml", choices=("yaml", "json"), default=None,
+                     help="print the resolved options as a config file (yaml unless json is given) and exit")
     run.add_argument("--proj_name", default="Default", help="project name; runs go to <output_dir>")
     run.add_argument("--description", default="", help="free text kept in config.json")
     run.add_argument("--seed", type=non_negative_int, default=0, help="random seed (0 is a valid seed)")
@@ -29,6 +46,15 @@ def add_base_arguments(parser, model_types, data_types):
     run.add_argument("--log_every_n_steps", type=positive_int, default=50,
                      help="log the training loss to the console and TensorBoard every N optimizer steps")
     add_flag(run, "--debug", help="show full tracebacks for user errors")
+    add_flag(run, "--log_graph", default=True, help="write the model's graph to TensorBoard's Graphs tab")
+
+    debug = parser.add_argument_group("debug runs")
+    debug.add_argument("--fast_dev_run", type=non_negative_int, nargs="?", const=2, default=0, metavar="N",
+                       help="N batches (2 if N is left out) of train, val and test, one epoch, through every step "
+                            "of a real run, in a folder named <timestamp>_fast_dev_run (0 = off)")
+    debug.add_argument("--overfit_batches", type=non_negative_int, default=0, metavar="N",
+                       help="train and validate on the same N training batches: the loss should fall towards "
+                            "zero, the first check of a new model or loss (0 = off)")
 
     data = parser.add_argument_group("data")
     data.add_argument("--data_type", choices=data_types, default=data_types[0], help="dataset")

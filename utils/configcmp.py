@@ -53,9 +53,10 @@ def load_run(path):
             metrics = _read_json(metrics_path, "a run's metrics.json")
         except RunError as error:  # a run killed while writing it still has a config to compare
             print(f"warning: {error}; showing no metrics for this run", file=sys.stderr)
-    environment = config.get("environment")
+    environment, model = config.get("environment"), config.get("model")
     return {"name": config_path.resolve().parent.name, "path": path, "options": config["options"],
             "environment": environment if isinstance(environment, dict) else {},
+            "model": model if isinstance(model, dict) else {},
             "metrics": metrics if isinstance(metrics, dict) else {}}
 
 
@@ -109,11 +110,14 @@ def _results(runs):
     shared = len(monitors) == 1
     header = ["status"] + ([f"best {monitors.pop()}"] if shared else ["monitor", "best"])
     header += ["epoch", *test_names]
+    sized = any("parameters" in run.get("model", {}) for run in runs)  # runs before the summary have none
+    header += ["parameters"] if sized else []
     rows = []
-    for m, test in zip(metrics, tests):
+    for run, m, test in zip(runs, metrics, tests):
         row = [m.get("status", MISSING)] + ([] if shared else [m.get("monitor", MISSING)])
         row += [m.get("best_value", MISSING), m.get("best_epoch", MISSING)]
         row += [test.get(name, MISSING) for name in test_names]
+        row += [run.get("model", {}).get("parameters", MISSING)] if sized else []
         rows.append([_fmt(value) for value in row])
     return header, rows
 

@@ -1,15 +1,45 @@
 """Argument parsing helpers: real booleans, validated numbers, one-line errors, explicit options."""
 import argparse
+import difflib
 import sys
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default once: not when the help text already says it, nor when there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser that reports a bad option in one line and never guesses abbreviations."""
+    """An ArgumentParser that reports a bad option in one line, suggests the nearest valid ones,
+    and never guesses abbreviations."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.error(self.unrecognized(unknown))
+        return parsed
+
+    def unrecognized(self, unknown):
+        """The error for arguments no option takes, with the nearest options for each mistyped one."""
+        options = [option for action in self._actions if action.help != argparse.SUPPRESS
+                   for option in action.option_strings if option.startswith("--")]
+        hints = []
+        for token in unknown:
+            name = token.split("=", 1)[0]
+            close = difflib.get_close_matches(name, options, n=3, cutoff=0.75) if name.startswith("-") else []
+            if close:
+                hints.append(f"{name}: did you mean {' or '.join(close)}?")
+        return f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else "")
 
     def error(self, message):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -40,12 +41,13 @@ class RunFolder:
         self.writer = None
 
     @classmethod
-    def create(cls, output_dir, model_type, writes=True):
-        """A new timestamped folder in `output_dir`, made by the main process and named to every rank."""
+    def create(cls, output_dir, model_type, writes=True, suffix=""):
+        """A new timestamped folder in `output_dir` (its name ending in `suffix`), made by the main
+        process and named to every rank."""
         path = None
         if writes:
             try:
-                path = make_run_dir(output_dir)
+                path = make_run_dir(output_dir, suffix)
             except OSError as error:
                 raise UserError(f"cannot create a run folder in --output_dir {output_dir}: "
                                 f"{error.strerror or error}") from None
@@ -76,8 +78,9 @@ class RunFolder:
                 stale.unlink()
                 log.info(f"removed {stale.name}, left by an interrupted write")
 
-    def write_config(self, options, device, world_size, resumed_from=None, position=None):
-        """config.json: the options, the environment of the first start, and one entry per resume."""
+    def write_config(self, options, device, world_size, resumed_from=None, position=None, model=None):
+        """config.json: the options, the environment of the first start, one entry per resume, and
+        `model` (parameter counts and size)."""
         previous = self.read_json("config.json") or {}
         environment = previous.get("environment") or {
             "torch_version": torch.__version__, "python_version": platform.python_version(),
@@ -92,7 +95,23 @@ class RunFolder:
             resumes.append({"from": str(resumed_from), "epoch": epoch, "global_step": global_step,
                             "at": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
                             "device": str(device), **git_state()})
-        self.write_json("config.json", {"options": options, "environment": environment, "resumes": resumes})
+        self.write_json("config.json", {"options": options, "environment": environment, "resumes": resumes,
+                                        "model": model or previous.get("model")})
+
+    def write_graph(self, model, inputs, log):
+        """The model's graph in TensorBoard's Graphs tab, traced from `inputs`. A model the tracer
+        cannot follow gets a warning, not a failed run."""
+        if self.writer is None:
+            return
+        try:
+            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's advice about TorchScript
+                self.writer.add_graph(model, inputs, use_strict_trace=False)
+            self.writer.flush()
+        except Exception as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            log.warning(f"model graph not written to TensorBoard ({type(error).__name__}: {first}); "
+                        "--log_graph false leaves it out")
 
     def open_writer(self, purge_step=None):
         """TensorBoard's writer (main process only). On resume, events past the checkpoint's step,

@@ -7,15 +7,15 @@ def timestamp():
     return time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
-def make_run_dir(output_dir):
-    """Create and return a new folder `<output_dir>/<timestamp>[_N]`.
+def make_run_dir(output_dir, suffix=""):
+    """Create and return a new folder `<output_dir>/<timestamp><suffix>[_N]`.
 
     `mkdir(exist_ok=False)` is atomic, so two processes racing for the same name cannot both get it:
     the loser takes the next suffix.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    stamp = timestamp()
+    stamp = timestamp() + suffix
     for attempt in range(10_000):
         run_dir = output_dir / (stamp if attempt == 0 else f"{stamp}_{attempt}")
         try:

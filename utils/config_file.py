@@ -1,0 +1,114 @@
+"""Options from a JSON or YAML file (`--config`), validated like flags; and the resolved options
+printed back as such a file (`--print_config`).
+
+A file is a mapping of option names (as in config.json: `n_epoch`, not `--n-epoch`) to values.
+A run's own config.json is one too: its "options" are read and its "resume" left out, so the
+file starts the same experiment in a new run folder. Flags given on the command line override
+the file's values.
+"""
+import argparse
+import difflib
+import json
+from pathlib import Path
+
+from utils.errors import UserError
+
+SUFFIXES = (".json", ".yaml", ".yml")
+NOT_IN_FILES = ("config", "print_config")  # options about the file itself
+
+
+def config_file_in(argv):
+    """The --config path in `argv`, read before the full parse so the file can set its defaults."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--config", type=Path, default=None)
+    known, _ = parser.parse_known_args(argv)
+    return known.config
+
+
+def read_config_file(path, parser):
+    """The options in `path` as {dest: value}, each checked by the parser's own type and choices."""
+    path = Path(path)
+    data = _load(path)
+    if isinstance(data.get("options"), dict) and "environment" in data:  # a run's config.json
+        data = {name: value for name, value in data["options"].items() if name not in (*NOT_IN_FILES, "resume")}
+    actions = {action.dest: action for action in parser._actions if action.option_strings and action.dest != "help"}
+    values = {}
+    for name, value in data.items():
+        action = actions.get(name)
+        if action is None or name in NOT_IN_FILES:
+            known = [dest for dest in actions if dest not in NOT_IN_FILES]
+            close = difflib.get_close_matches(str(name), known, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UserError(f"--config {path}: unknown option {name!r}{hint}; a config file holds option names "
+                            f"such as n_epoch or lr (see --help)")
+        values[name] = _checked(action, value, path)
+    return values
+
+
+def format_options(options, form="yaml"):
+    """`options` (a dict of JSON values) as the text of a config file."""
+    options = {name: value for name, value in options.items() if name not in NOT_IN_FILES}
+    if form == "json":
+        return json.dumps(options, indent=2) + "\n"
+    import yaml
+    return yaml.safe_dump(options, sort_keys=False, default_flow_style=None)
+
+
+def _load(path):
+    if path.suffix.lower() not in SUFFIXES:
+        raise UserError(f"--config {path}: expected a .json, .yaml or .yml file")
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UserError(f"--config {path}: cannot read it ({error.strerror or error})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise UserError(f"--config {path}: not valid JSON ({error})") from None
+    else:
+        import yaml
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where is not None else ""
+            raise UserError(f"--config {path}: not valid YAML{at} ({getattr(error, 'problem', None) or error})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
+    return data
+
+
+def _checked(action, value, path):
+    """`value` as the flag `action` would produce it from the command line."""
+    where = f"--config {path}: {action.dest}"
+    if value is None:
+        if action.default is None:
+            return None
+        raise UserError(f"{where}: expected a value, got null")
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int) and action.nargs > 1
+    if many:
+        items = value if isinstance(value, list) else [value]
+        if action.nargs == "+" and not items:
+            raise UserError(f"{where}: expected at least one value, got []")
+        return [_one(action, item, where) for item in items]
+    if isinstance(value, (list, dict)):
+        raise UserError(f"{where}: expected one value, got {json.dumps(value)}")
+    return _one(action, value, where)
+
+
+def _one(action, value, where):
+    if isinstance(value, (list, dict)):
+        raise UserError(f"{where}: expected a plain value, got {json.dumps(value)}")
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, bool) and action.type not in (None, str) and action.type.__name__ != "parse_bool":
+        raise UserError(f"{where}: expected {action.metavar or action.type.__name__}, got {json.dumps(value)}")
+    try:
+        converted = action.type(text) if action.type is not None else text
+    except (argparse.ArgumentTypeError, ValueError, TypeError) as error:
+        raise UserError(f"{where}: {error}") from None
+    if action.choices is not None and converted not in action.choices:
+        raise UserError(f"{where}: expected one of {', '.join(map(str, action.choices))}, got {json.dumps(value)}")
+    return converted
