@@ -19,6 +19,17 @@ def run_script(*args):
     return subprocess.run(python_command(*args), cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
+def refused(main, argv, capsys):
+    """What a command line that must fail printed: exit code 2, one line on stderr, no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in argv])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
+    return stderr
+
+
 # ------------------------------------------------------------------ config files
 def test_a_runs_config_json_repeats_the_run_and_flags_override_it(fashion_dir, tmp_path):
     first = train_vanilla(fashion_dir, tmp_path / "first", *QUICK, "--lr", "0.002", "--lr_decay_epochs", "3", "5")
@@ -67,23 +78,23 @@ def test_a_yaml_file_sets_options_and_print_config_writes_a_file_that_reads_back
     ("- lr\n- 3\n", ["expected a mapping"]),
     ("lr: [1\n", ["not valid YAML", "line"]),
 ])
-def test_a_bad_config_file_is_one_line_naming_the_file_and_the_option(tmp_path, content, expected):
+def test_a_bad_config_file_is_one_line_naming_the_file_and_the_option(tmp_path, capsys, content, expected):
     config = tmp_path / "bad.yaml"
     config.write_text(content)
-    result = run_script("trainer_vanilla.py", "--config", config)
-    assert result.returncode == 2
-    assert str(config) in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    stderr = refused(VanillaTrainer.main, ["--config", config], capsys)
+    assert str(config) in stderr
     for text in expected:
-        assert text in result.stderr, result.stderr
+        assert text in stderr, stderr
 
 
-def test_config_files_of_other_kinds_and_with_resume_are_refused(tmp_path):
+def test_config_files_of_other_kinds_missing_or_with_resume_are_refused(fashion_dir, tmp_path, capsys):
     (tmp_path / "exp.toml").write_text("lr = 1\n")
-    result = run_script("trainer_vanilla.py", "--config", tmp_path / "exp.toml")
-    assert result.returncode == 2 and "expected a .json, .yaml or .yml file" in result.stderr
-    result = run_script("trainer_vanilla.py", "--config", tmp_path / "missing.json")
-    assert result.returncode == 2 and "cannot read it" in result.stderr
+    assert "expected a .json, .yaml or .yml file" in refused(VanillaTrainer.main, ["--config", tmp_path / "exp.toml"],
+                                                             capsys)
+    assert "cannot read it" in refused(VanillaTrainer.main, ["--config", tmp_path / "missing.json"], capsys)
+    run = train_vanilla(fashion_dir, tmp_path / "run", *QUICK, "--n_epoch", "1")
+    stderr = refused(VanillaTrainer.main, ["--resume", run, "--config", run / "config.json"], capsys)
+    assert "with --resume: a resumed run keeps its checkpoint's options" in stderr
 
 
 def test_the_example_config_files_are_valid(tmp_path):
@@ -260,10 +271,10 @@ def test_the_contact_sheet_labels_large_tiles(fashion_dir, tmp_path):
     ("--val_ratio", "0.3", "defines the split"),
     ("--test_sample_rate", "0.5", "defines the split"),
 ])
-def test_the_evaluator_refuses_training_and_split_options_by_name(tmp_path, flag, value, why):
-    result = run_script("eval_vanilla.py", "--model_path", tmp_path / "x.pth", flag, value)
-    assert result.returncode == 2
-    assert result.stderr.startswith(f"error: {flag} {why}"), result.stderr
+def test_the_evaluator_refuses_training_and_split_options_by_name(tmp_path, capsys, flag, value, why):
+    from eval_vanilla import VanillaEvaluator
+    stderr = refused(VanillaEvaluator.main, ["--model_path", tmp_path / "x.pth", flag, value], capsys)
+    assert stderr.startswith(f"error: {flag} {why}"), stderr
 
 
 def test_the_evaluators_help_lists_only_what_applies_to_evaluation():
@@ -277,13 +288,13 @@ def test_the_evaluators_help_lists_only_what_applies_to_evaluation():
 
 
 # ------------------------------------------------------------------ the command line
-def test_a_mistyped_flag_suggests_the_nearest_ones():
-    result = run_script("trainer_vanilla.py", "--n_epochs", "3")
-    assert result.returncode == 2
-    assert "unrecognized arguments: --n_epochs 3" in result.stderr
-    assert "did you mean --n_epoch?" in result.stderr
-    result = run_script("trainer_vanilla.py", "--learning_rate=0.1")
-    assert result.returncode == 2 and "unrecognized arguments: --learning_rate=0.1" in result.stderr
+def test_a_mistyped_flag_suggests_the_nearest_ones(capsys):
+    stderr = refused(VanillaTrainer.main, ["--n_epochs", "3"], capsys)
+    assert "unrecognized arguments: --n_epochs 3" in stderr and "did you mean --n_epoch?" in stderr
+    stderr = refused(VanillaTrainer.main, ["--learning_rate=0.1"], capsys)
+    assert "unrecognized arguments: --learning_rate=0.1" in stderr
+    stderr = refused(VanillaTrainer.main, ["--batchsize", "8"], capsys)
+    assert "did you mean --batch_size" in stderr
 
 
 def test_help_shows_each_default_once():
