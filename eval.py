@@ -52,6 +52,9 @@ class EvaluatorBase:
         group.add_argument("--split", choices=("test", "val"), default="test", help="which part of the run's split")
         group.add_argument("--tag", type=_tag, default=None,
                            help="a name for this evaluation, added to its folder's: <split>_<tag>")
+        group.add_argument("--weights", choices=("raw", "ema"), default=None,
+                           help="the trained weights or their average (--ema_decay); default: the average when the "
+                                "checkpoint has one")
         add_flag(group, "--viz", help="write pictures of the predictions to <save_path>/viz")
         group.add_argument("--n_snap", type=positive_int, default=10, help="with --viz: every N-th sample")
         cls.add_eval_arguments(parser)
@@ -93,6 +96,10 @@ class EvaluatorBase:
         self.checkpoint = check_checkpoint(load_checkpoint(path), path, self.trainer_class.__name__)
         args = merge_options(parser, argv, args, self.checkpoint["config"])
         args.model_path, args.pretrained, args.resume = None, False, None  # the weights are the checkpoint's
+        has_ema = self.checkpoint.get("ema") is not None
+        if args.weights == "ema" and not has_ema:
+            raise UserError(f"--weights ema: {path} holds no averaged weights (the run had no --ema_decay)")
+        self.weights = args.weights or ("ema" if has_ema else "raw")
         self.checkpoint_path = path
         self.run_folder = RunFolder(path.parent, args.model_type, writes=False)
         self.args = args
@@ -144,7 +151,8 @@ class EvaluatorBase:
         if data and split is None:
             self.log.warning(f"{self.run_folder.path / 'split.json'} not found: the split is recomputed "
                              "from the saved seed and options")
-        self.trainer.setup_for_evaluation(self.checkpoint["model"], self.checkpoint_path, split, data)
+        weights = self.checkpoint["ema"]["weights"] if self.weights == "ema" else self.checkpoint["model"]
+        self.trainer.setup_for_evaluation(weights, self.checkpoint_path, split, data)
         try:
             self.save_path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -159,7 +167,8 @@ class EvaluatorBase:
         for name, value in metrics.items():
             print(f"{name}: {value:.6f}")
         summary = {"checkpoint": str(self.checkpoint_path), "epoch": self.checkpoint.get("best_epoch"),
-                   "split": phase, "tag": self.args.tag, "samples": len(self.trainer.datasets[phase]),
+                   "split": phase, "tag": self.args.tag, "weights": self.weights,
+                   "samples": len(self.trainer.datasets[phase]),
                    "metrics": metrics, **self.results()}
         write_json_atomic(summary, self.save_path / "metrics.json")
         return metrics

@@ -11,7 +11,7 @@ from eval import EvaluatorBase
 from trainer_vanilla import MEAN, STD, VanillaTrainer
 
 SHEET_COLUMNS, SHEET_ROWS = 10, 10  # samples per sheet: a hundred, at 4x their 28x28 pixels
-SCALE, LABEL_HEIGHT = 4, 26
+SCALE, LABEL_HEIGHT, GAP = 4, 26, 4  # a tile: the image at 4x, two lines of label, a white margin
 
 
 class VanillaEvaluator(EvaluatorBase):
@@ -47,18 +47,18 @@ def contact_sheet(samples):
 
     from data.fashion_mnist import CLASSES
     height, width = samples[0][0].shape
-    tile_w, tile_h = width * SCALE, height * SCALE + LABEL_HEIGHT
+    tile_w, tile_h = width * SCALE + GAP, height * SCALE + LABEL_HEIGHT + GAP
     columns = min(SHEET_COLUMNS, len(samples))
     rows = -(-len(samples) // columns)
     sheet = Image.new("RGB", (columns * tile_w, rows * tile_h), "white")
     draw = ImageDraw.Draw(sheet)
     for position, (pixels, true, predicted) in enumerate(samples):
-        x, y = position % columns * tile_w, position // columns * tile_h
-        image = Image.fromarray(pixels).resize((tile_w, height * SCALE), Image.NEAREST).convert("RGB")
+        x, y = position % columns * tile_w + GAP // 2, position // columns * tile_h + GAP // 2
+        image = Image.fromarray(pixels).resize((width * SCALE, height * SCALE), Image.NEAREST).convert("RGB")
         sheet.paste(image, (x, y))
         colour = (0, 128, 0) if true == predicted else (200, 0, 0)
-        draw.text((x + 2, y + height * SCALE + 1), f"T {CLASSES[true]}"[:19], fill=(0, 0, 0))
-        draw.text((x + 2, y + height * SCALE + 13), f"P {CLASSES[predicted]}"[:19], fill=colour)
+        draw.text((x + 2, y + height * SCALE + 1), f"true: {CLASSES[true]}"[:18], fill=(0, 0, 0))
+        draw.text((x + 2, y + height * SCALE + 13), f"pred: {CLASSES[predicted]}"[:18], fill=colour)
     return sheet
 
 

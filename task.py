@@ -104,14 +104,15 @@ class TaskBase:
         """Write a few validation examples to TensorBoard."""
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, phase, on_batch=None, loader=None):
+    def evaluate(self, phase, on_batch=None, loader=None, model=None, name=None):
         """One pass without gradients over "val", "test", or "predict" (`loader` of inputs without
-        targets: outputs only, no loss or statistics). `on_batch(batch, outputs, indices)` sees every
-        batch, `indices` being the rows' positions in the evaluated dataset. Returns (metrics named
-        `<phase>/<name>`, summed statistics reduced over every rank)."""
+        targets: outputs only, no loss or statistics), with `model` (default: the task's model).
+        `on_batch(batch, outputs, indices)` sees every batch, `indices` being the rows' positions in
+        the evaluated dataset. Returns (metrics named `<name>/<metric>`, `name` defaulting to the
+        phase; summed statistics reduced over every rank)."""
         loader = loader or self.loaders[phase]
         loader.sampler.set_epoch(0)
-        model = self.eval_model
+        model = model or self.eval_model
         model.eval()
         sums, pending, stopped = MetricSums(), [], False
         with torch.inference_mode():
@@ -135,7 +136,7 @@ class TaskBase:
         totals = sums.reduced(self.device)
         if totals.pop("stop_requests", 0):
             raise TrainingStopped(self.stop.signum or signal.SIGTERM)
-        return self.metrics_of(phase, totals), totals
+        return self.metrics_of(name or phase, totals), totals
 
     def add_eval_stats(self, sums, pending):
         """Statistics of several evaluated batches at once: the same sums from a few large operations

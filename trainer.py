@@ -24,8 +24,9 @@ Guarantees and limits:
 - A NaN or infinite loss stops the run without overwriting the last good checkpoint, unless
   `--skip_nonfinite` is given, which skips such batches and counts them.
 - Distributed runs are launched by torchrun; rank 0 alone writes files; each rank draws its own
-  random stream. Learning-rate schedules step per epoch. Mid-epoch resume is exact at optimizer
-  step boundaries (`--save_every_n_steps`), not at micro-batches of an accumulation group.
+  random stream. The lr is a function of the epoch and the optimizer step. Mid-epoch resume is
+  exact at optimizer step boundaries (`--save_every_n_steps`), not at micro-batches of an
+  accumulation group.
 """
 import signal
 import sys
@@ -37,11 +38,13 @@ import torch
 
 from task import TaskBase, TrainingStopped
 from utils import distributed
-from utils.arguments import add_base_arguments, json_value, merge_options, resume_safe_options
+from utils.arguments import add_base_arguments, check_schedule, json_value, merge_options, resume_safe_options
 from data.loader import first_samples
 from utils.batch import batch_size_of
 from utils.checkpoint import load_checkpoint, load_weights, weights_of
 from utils.config_file import config_file_in, format_options, read_config_file
+from utils.ema import EMA
+from utils.lr_finder import range_test, write_csv, write_plot
 from utils.errors import UserError, run_cli
 from utils.logger import close_logger, setup_logger
 from utils.optimization import Optimization
@@ -98,6 +101,8 @@ class TrainerBase(TaskBase):
         checkpoint = check_checkpoint(load_checkpoint(path), path, cls.__name__)
         saved = checkpoint["config"]
         args = merge_options(parser, argv, args, saved, resume_safe_options(saved, cls.task_resume_safe_options))
+        if "lr_interval" not in saved:  # written before per-step schedules: its schedule stepped per epoch
+            args.lr_interval = "epoch"
         args.resume = path
         return args, checkpoint
 
@@ -121,6 +126,7 @@ class TrainerBase(TaskBase):
         self.saved_position = None  # the progress position of the newest saved state
         self.in_update = False  # True while the optimizer changes the weights: no crash save then
         self.model_summary = None  # parameter counts and size, once the model is built
+        self.ema = None  # the average of the weights, with --ema_decay
 
     # ------------------------------------------------------------------ the workflow
     def fit(self):
@@ -128,12 +134,13 @@ class TrainerBase(TaskBase):
         try:
             self.setup()
             with self.stop.installed():  # from here on, a signal stops the run at the next batch
+                if self.args.lr_find and self.checkpoint is None and not self.find_lr():
+                    return None  # the range test alone
                 while not self.progress.is_finished(self.args.n_epoch):
                     started = time.perf_counter()
                     train = self.train_epoch()
                     trained = time.perf_counter()
-                    val = self.evaluate("val", on_batch=self.visualize_first_batch)
-                    self.end_epoch(train, val, started, trained)
+                    self.end_epoch(train, self.validate(), started, trained)
                 return self.test_best()
         except TrainingStopped as stopped:
             self.exit_stopped(stopped)
@@ -153,6 +160,8 @@ class TrainerBase(TaskBase):
         sampler = loader.sampler
         sampler.set_epoch(epoch, skip_batches=index)
         n_batches, started = len(sampler), time.perf_counter()
+        schedule = self.optimization.scheduler
+        schedule.set_position(epoch, progress.global_step)
         self.train_model.train()
         group, interval = [], []  # statistics of the step in progress; losses since the last log line
         bar = self.progress_bar(loader, "train", initial=index)
@@ -174,15 +183,27 @@ class TrainerBase(TaskBase):
                     self.optimization.backward(sum(p.sum() for p in self.model.parameters()) * 0.0)
             index += 1
             if index == group_end:
+                lr = self.optimization.lr
                 self.optimizer_step()
                 progress.step_done(index, group)
                 group = []
+                if schedule.per_step:
+                    schedule.set_position(epoch, progress.global_step)
+                    if self.writer is not None:
+                        self.writer.add_scalar("train/step_lr", lr, progress.global_step)
                 if progress.global_step % args.log_every_n_steps == 0:
                     self.log_step(interval, index, n_batches, bar, started)
                     interval = []
                 self.after_step()
         totals = progress.epoch_sums.reduced(self.device)
         return self.metrics_of("train", totals), totals
+
+    def validate(self):
+        """Validation metrics and statistics; with --ema_decay, the EMA weights' metrics (`val_ema/...`) too."""
+        metrics, totals = self.evaluate("val", on_batch=self.visualize_first_batch)
+        if self.ema is not None:
+            metrics = {**metrics, **self.evaluate("val", model=self.ema.module, name="val_ema")[0]}
+        return metrics, totals
 
     def end_epoch(self, train, val, started, trained):
         """Record the epoch, step the schedule, save, log; stop early or on a signal."""
@@ -193,8 +214,14 @@ class TrainerBase(TaskBase):
                   "train_time_s": round(trained - started, 4), "val_time_s": round(ended - trained, 4),
                   "time_s": round(ended - started, 4)}
         improved = progress.end_epoch(record, args.monitor)
-        self.optimization.scheduler.step(record[args.monitor])
-        self.save_checkpoint(best=improved)
+        self.optimization.scheduler.end_epoch(record[args.monitor])
+        also, dropped = None, []
+        if args.save_top_k:
+            name = self.run.top_k_name(progress.epoch, args.monitor, record[args.monitor])
+            kept, dropped = progress.rank_top_k(record[args.monitor], args.save_top_k, name, args.monitor_mode)
+            also = name if kept else None
+        self.save_checkpoint(best=improved, also=also)
+        self.run.delete(dropped)  # after the save: a cut in between leaves files the resume removes
         self.write_metrics("running")
         self.report("train", train_totals, progress.epoch)
         self.report("val", val_totals, progress.epoch)
@@ -212,12 +239,13 @@ class TrainerBase(TaskBase):
         if not path.is_file():
             path = self.run.checkpoint_path("last")
             self.log.warning(f"no best checkpoint ({self.args.monitor} never improved); testing {path.name}")
-        load_weights(self.model, load_checkpoint(path)["model"], path)
+        checkpoint, on_ema = load_checkpoint(path), self.args.monitor.startswith("val_ema/")
+        load_weights(self.model, checkpoint["ema"]["weights"] if on_ema else checkpoint["model"], path)
         metrics, totals = self.evaluate("test")
         best_epoch = self.progress.stopper.best_epoch
         self.report("test", totals, best_epoch)
         shown = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items())
-        self.log.info(f"test ({path.name}, epoch {best_epoch}): {shown}")
+        self.log.info(f"test ({path.name}{', EMA weights' if on_ema else ''}, epoch {best_epoch}): {shown}")
         self.run.write_hparams(vars(self.args), metrics, best_epoch or self.progress.epoch, self.progress.stopper.best)
         # The test results in metrics.json mark the run finished: they are written last.
         self.write_metrics("early_stopped" if self.progress.stopper.should_stop else "completed", metrics, path)
@@ -231,6 +259,7 @@ class TrainerBase(TaskBase):
         args, checkpoint = self.args, self.checkpoint
         self.setup_runtime()
         self.check_monitor()
+        check_schedule(args)
         run = RunFolder(Path(args.resume).parent, args.model_type, self.main_process) if checkpoint else None
         if checkpoint is not None:
             check_resumable(run, checkpoint, args, self.world_size)
@@ -238,6 +267,7 @@ class TrainerBase(TaskBase):
         weights, source = (None, None) if checkpoint else self.initial_weights()
         self.setup_model(weights, source, partial=args.partial_load)
         model_inputs = self.describe_model()
+        self.ema = EMA(self.model, args.ema_decay, args.ema_warmup) if args.ema_decay else None
         self.setup_optimization()
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
@@ -270,10 +300,37 @@ class TrainerBase(TaskBase):
         self.log.info(f"model {self.args.model_type}:\n{format_summary(self.model_summary)}")
         return inputs[0] if inputs else None
 
+    def find_lr(self):
+        """--lr_find: the range test (utils/lr_finder.py), its curve and suggestion in the run folder;
+        with --lr_find_apply the suggestion becomes --lr. Returns whether training follows."""
+        args, run = self.args, self.run
+        lrs, losses, smoothed, suggestion = range_test(self, args.lr_find_min, args.lr_find_max, args.lr_find_steps)
+        if run.writes:
+            write_csv(run.path / "lr_find.csv", lrs, losses, smoothed)
+            write_plot(run.path / "lr_find.png", lrs, smoothed, suggestion)
+        config = run.read_json("config.json") or {}
+        config["lr_find"] = {"lr_min": args.lr_find_min, "lr_max": args.lr_find_max, "steps": len(lrs),
+                             "suggestion": suggestion, "applied": bool(args.lr_find_apply), "lr_before": args.lr}
+        shown = f"{suggestion:.3g}" if suggestion is not None else "none (the loss never fell)"
+        self.log.info(f"lr range test over {len(lrs)} steps: suggested lr {shown} (see {run.path / 'lr_find.png'})")
+        if args.lr_find_apply:
+            if suggestion is None:
+                raise UserError(f"--lr_find_apply: the range test found no lr at which the loss falls "
+                                f"(see {run.path / 'lr_find.png'}); give --lr instead")
+            args.lr = config["options"]["lr"] = suggestion
+            self.setup_optimization()  # the optimizer and schedule a run started with --lr <suggestion> has
+        run.write_json("config.json", config)
+        if not args.lr_find_apply:
+            self.write_metrics("lr_find")
+            self.log.info(f"to train with it: --lr {suggestion:.3g}, or --lr_find --lr_find_apply" if suggestion
+                          else "no training: --lr_find alone only runs the test")
+        return args.lr_find_apply
+
     def check_monitor(self):
         phase, _, name = self.args.monitor.partition("/")
-        if phase not in ("train", "val") or name not in self.metric_names:
-            choices = ", ".join(f"{p}/{n}" for p in ("val", "train") for n in self.metric_names)
+        phases = ("val", "train", "val_ema") if self.args.ema_decay else ("val", "train")
+        if phase not in phases or name not in self.metric_names:
+            choices = ", ".join(f"{p}/{n}" for p in phases for n in self.metric_names)
             raise UserError(f"--monitor {self.args.monitor} is not a metric of this task; expected one of {choices}")
 
     def initial_weights(self):
@@ -287,7 +344,8 @@ class TrainerBase(TaskBase):
         return weights_of(load_checkpoint(args.model_path)), args.model_path
 
     def setup_optimization(self):
-        self.optimization = Optimization(self.model.parameters(), self.args, self.device.type)
+        steps_per_epoch = -(-len(self.loaders["train"].sampler) // self.args.accum_steps)
+        self.optimization = Optimization(self.model.parameters(), self.args, self.device.type, steps_per_epoch)
 
     def open_run_folder(self):
         """Log file, config, split, TensorBoard; then the random streams training starts from."""
@@ -297,6 +355,8 @@ class TrainerBase(TaskBase):
         run.remove_stale_temporaries(self.log)
         if checkpoint is not None:
             run.repair_best(self.log)
+            progress = self.progress
+            progress.top_k = run.reconcile_top_k(progress.top_k, progress.epoch, progress.batches_done, self.log)
         else:
             run.write_json("split.json", self.split)
         model = {name: value for name, value in self.model_summary.items() if name != "modules"}
@@ -322,25 +382,28 @@ class TrainerBase(TaskBase):
         ranks = distributed.all_gather_object({"rng": get_rng_state(), "sums": self.progress.epoch_sums.state_dict()})
         return {"format": CHECKPOINT_FORMAT, "task": type(self).__name__, "model_type": self.args.model_type,
                 "config": json_value(vars(self.args)), "world_size": self.world_size,
-                "model": self.model.state_dict(), **self.optimization.state_dict(), **self.progress.state_dict(),
+                "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
+                **self.optimization.state_dict(), **self.progress.state_dict(),
                 "rng": [rank["rng"] for rank in ranks], "epoch_sums": [rank["sums"] for rank in ranks]}
 
     def load_state_dict(self, checkpoint):
         """Restore what `state_dict` saved. A checkpoint with entries this trainer would not restore is
         refused: it was written by other code, and half-loading it would resume something else."""
-        known = {"format", "task", "model_type", "config", "world_size", "model", "rng", "epoch_sums",
+        known = {"format", "task", "model_type", "config", "world_size", "model", "ema", "rng", "epoch_sums",
                  *self.optimization.state_dict(), *self.progress.state_dict()}
         if set(checkpoint) - known:
             raise UserError(f"{self.args.resume} holds entries this trainer does not restore: "
                             f"{', '.join(sorted(set(checkpoint) - known))}")
         load_weights(self.model, checkpoint["model"], self.args.resume)
+        if self.ema is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
         self.optimization.load_state_dict(checkpoint)
         self.progress.load_state_dict(checkpoint, checkpoint["epoch_sums"][self.rank], self.device)
         self.saved_position = self.progress.position
 
-    def save_checkpoint(self, best=False):
-        """Save the state to `last` (and `best`); every rank calls it."""
-        self.run.save_checkpoint(self.state_dict(), best)
+    def save_checkpoint(self, best=False, also=None):
+        """Save the state to `last` (and `best`, and a top-k file); every rank calls it."""
+        self.run.save_checkpoint(self.state_dict(), best, also)
         self.saved_position = self.progress.position
 
     def write_metrics(self, status, test=None, tested=None):
@@ -373,6 +436,8 @@ class TrainerBase(TaskBase):
         self.in_update = True
         if not self.optimization.step():
             self.progress.skipped_steps += 1
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.in_update = False
 
     def after_step(self):
@@ -409,7 +474,8 @@ class TrainerBase(TaskBase):
         lr, step, writer = self.optimization.lr, self.progress.global_step, self.run.writer
         if writer is not None:
             writer.add_scalar("train/step_loss", loss, step)
-            writer.add_scalar("train/step_lr", lr, step)
+            if not self.optimization.scheduler.per_step:  # a per-step schedule writes every step's lr
+                writer.add_scalar("train/step_lr", lr, step)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}")
         else:

@@ -31,6 +31,10 @@ bare loop's does not; that alone moved the hand-written loop by 10-25%). So ever
 with the same fixed thresholds (MALLOC_ENV below); `--default_malloc` leaves glibc's defaults.
 The "page faults / train step" row shows what each contender met.
 
+The recipes section runs the toolkit with a per-step cosine schedule and an EMA of the weights
+(RECIPES_ARGV) against the toolkit without them, two processes taking turns as above: the ratio is
+what those recipes cost a training epoch, validation of the averaged weights not included.
+
 The UNet section (skip it with --skip_unet) trains SegOnCarvanaTrainer on generated photos of
 Carvana's size (1918x1280 JPEG + GIF mask pairs) resized to 128x192, in this process, epoch by
 epoch in turns: the toolkit with its memory cache ("toolkit"), the same toolkit decoding every
@@ -66,6 +70,7 @@ LABELS = {"toolkit": "toolkit", "handwritten": "hand-written", "naive": "naive"}
 # Targets for the toolkit against the hand-written loop: row key -> (comparison, bound).
 TARGETS = {
     "train": (">=", 0.95),
+    "recipes": (">=", 0.97),
     "eval": (">=", 0.90),
     "memory": ("<=", 1.10),
     "startup": ("<=", 1.20),
@@ -137,7 +142,7 @@ def run_toolkit(config, baton):
     argv = ["--data_dir", config["data_dir"], "--n_epoch", str(config["epochs"]),
             "--output_dir", config["output_dir"], "--seed", str(config["seed"]),
             "--batch_size", str(BATCH_SIZE), "--lr", str(LEARNING_RATE), "--dropout", str(DROPOUT),
-            "--gpu_devices", "cpu" if config["device"] == "cpu" else "0"]
+            "--gpu_devices", "cpu" if config["device"] == "cpu" else "0", *config.get("extra_argv", [])]
     args, resume_checkpoint = VanillaTrainer.parse(argv)
     trainer = TakingTurns(args, resume_checkpoint)
     trainer.fit()
@@ -290,7 +295,16 @@ def timed_epochs(config, baton, device, train_epoch, evaluate, train_samples, ev
             "train_faults": faults, "eval_samples": eval_samples, "eval_pass_s": eval_seconds}
 
 
-WORKERS = {"toolkit": run_toolkit, "handwritten": run_handwritten, "naive": run_naive}
+# The recipes section's contender: the toolkit with a per-step schedule and an EMA of the weights.
+RECIPES_ARGV = ["--lr_scheduler", "cosine", "--lr_interval", "step", "--warmup_steps", "100", "--ema_decay", "0.999"]
+
+
+def run_toolkit_recipes(config, baton):
+    return run_toolkit({**config, "extra_argv": RECIPES_ARGV}, baton)
+
+
+WORKERS = {"toolkit": run_toolkit, "handwritten": run_handwritten, "naive": run_naive,
+           "toolkit_recipes": run_toolkit_recipes}
 
 
 def worker_main(name, config_path):
@@ -416,9 +430,9 @@ class Contender:
             self.process.wait()
 
 
-def run_trio(config, scratch, index, environment):
+def run_trio(config, scratch, index, environment, names=CONTENDERS):
     """One process per contender, taking turns until all have finished; their results by name."""
-    contenders = [Contender(name, config, scratch, index, environment) for name in CONTENDERS]
+    contenders = [Contender(name, config, scratch, index, environment) for name in names]
     try:
         waiting = [contender for contender in contenders if contender.until_idle()]  # set-up, all at once
         while waiting:
@@ -429,7 +443,7 @@ def run_trio(config, scratch, index, environment):
             contender.stop()
     for contender in contenders:
         epochs = ", ".join(f"{seconds:.2f}" for seconds in results[contender.name]["train_epoch_s"])
-        log(f"  {LABELS[contender.name]:<12} busy {contender.busy_s:6.1f} s  (train epochs {epochs} s)")
+        log(f"  {LABELS.get(contender.name, contender.name):<12} busy {contender.busy_s:6.1f} s  (train epochs {epochs} s)")
     return results
 
 
@@ -456,14 +470,17 @@ def measure_startup(runs, environment):
 def write_data(data_dir, n_train, n_test, seed):
     """Synthetic FashionMNIST, both as downloaded (.gz) and unpacked, which torchvision's reader needs."""
     from data.synthetic_fashion_mnist import write_fashion_mnist
+    if (data_dir / "written").is_file():
+        return
+    log(f"writing {n_train} + {n_test} synthetic FashionMNIST samples to {data_dir}")
     for compress in (True, False):
         write_fashion_mnist(data_dir, n_train=n_train, n_test=n_test, seed=seed, compress=compress)
+    (data_dir / "written").touch()
 
 
 def vanilla_section(options, scratch):
     """FashionMNIST MLP: training and evaluation speed, peak memory, start-up time."""
     data_dir = scratch / "data"
-    log(f"writing {options.n_train} + {options.n_test} synthetic FashionMNIST samples to {data_dir}")
     write_data(data_dir, options.n_train, options.n_test, options.seed)
     config = {"data_dir": str(data_dir), "epochs": options.epochs, "eval_passes": options.eval_passes,
               "device": options.device, "seed": options.seed}
@@ -496,6 +513,30 @@ def vanilla_section(options, scratch):
                "eval_samples": {name: runs[0]["eval_samples"] for name, runs in results.items()},
                "threads": first["threads"]}
     return rows, details
+
+
+def recipes_section(options, scratch):
+    """What a per-step cosine schedule and an EMA of the weights cost a vanilla training epoch: the
+    toolkit with them (in the toolkit column) against the toolkit without them (in the
+    hand-written column), two processes taking turns epoch by epoch, paired as above."""
+    data_dir = scratch / "data"
+    write_data(data_dir, options.n_train, options.n_test, options.seed)
+    config = {"data_dir": str(data_dir), "epochs": options.epochs, "eval_passes": 1, "device": options.device,
+              "seed": options.seed}
+    environment = dict(os.environ) if options.default_malloc else {**os.environ, **MALLOC_ENV}
+    results = {"toolkit_recipes": [], "toolkit": []}
+    for repeat in range(options.repeats):
+        log(f"recipes repeat {repeat + 1}/{options.repeats}")
+        for name, result in run_trio(config, scratch, f"recipes_{repeat}", environment, tuple(results)).items():
+            results[name].append(result)
+    speeds = {name: [rate for result in runs for rate in rates(result["train_samples"], result["train_epoch_s"][1:])]
+              for name, runs in results.items()}
+    row = make_row("recipes", "recipes", "train samples/s, per-step cosine + EMA vs without",
+                   {"toolkit": speeds["toolkit_recipes"], "handwritten": speeds["toolkit"]}, "higher")
+    details = {"train_samples": {name: runs[0]["train_samples"] for name, runs in results.items()},
+               "eval_samples": {}, "threads": results["toolkit"][0]["threads"], "setup": "toolkit column = " + " ".join(RECIPES_ARGV)
+                                            + "; hand-written column = the toolkit without them"}
+    return [row], details
 
 
 # ---------------------------------------------------------------------------- UNet section
@@ -594,7 +635,7 @@ def unet_section(options, scratch):
     return rows, details
 
 
-SECTIONS = {"vanilla": vanilla_section, "unet": unet_section}
+SECTIONS = {"vanilla": vanilla_section, "recipes": recipes_section, "unet": unet_section}
 
 
 # ---------------------------------------------------------------------------- report
@@ -637,6 +678,8 @@ def parse_args(argv):
     parser.add_argument("--default_malloc", action="store_true",
                         help="leave glibc's malloc thresholds to their defaults instead of fixing them alike for all")
     parser.add_argument("--skip_unet", action="store_true", help="leave out the UNet section, in a benchmark that has one")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="which sections to run (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table and raw timings as JSON here")
     parser.add_argument("--worker", choices=WORKERS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker_config", default=None, help=argparse.SUPPRESS)
@@ -664,7 +707,7 @@ def main(argv=None):
     if options.worker is not None:
         worker_main(options.worker, options.worker_config)
         return 0
-    sections = [name for name in SECTIONS if not (name == "unet" and options.skip_unet)]
+    sections = [name for name in options.sections if not (name == "unet" and options.skip_unet)]
     rows, details = [], {}
     load_before = os.getloadavg()[0]
     version = code_version()
@@ -673,7 +716,8 @@ def main(argv=None):
             section_rows, details[name] = SECTIONS[name](options, Path(scratch))
             rows.extend(section_rows)
     print(f"code {version}")
-    print(f"device {options.device}, {details.get('vanilla', {}).get('threads', '?')} torch threads, "
+    threads = next((detail["threads"] for detail in details.values() if "threads" in detail), "?")
+    print(f"device {options.device}, {threads} torch threads, "
           f"batch {BATCH_SIZE}, {options.repeats} trio(s) of processes x {options.epochs} epochs "
           f"(first one warm-up), {options.n_train} train / {options.n_test} test samples written, "
           f"malloc thresholds {'left to glibc' if options.default_malloc else 'fixed alike'}")
@@ -681,7 +725,7 @@ def main(argv=None):
     print(f"1-minute load average {load_before:.2f} before, {load_after:.2f} after, on {os.cpu_count()} CPUs "
           "(above the CPU count, other programs shared the CPUs)")
     for name, detail in details.items():
-        print(f"{name}: samples per training epoch " + ", ".join(f"{LABELS[k]} {v}" for k, v in detail["train_samples"].items())
+        print(f"{name}: samples per training epoch " + ", ".join(f"{LABELS.get(k, k)} {v}" for k, v in detail["train_samples"].items())
               + ("; per evaluation " + ", ".join(f"{LABELS[k]} {v}" for k, v in detail["eval_samples"].items())
                  if detail["eval_samples"] else ""))
         if "setup" in detail:

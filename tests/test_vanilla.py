@@ -72,12 +72,13 @@ def test_evaluator_reproduces_trainer_metrics(trained_run, tmp_path):
                                   "--save_path", str(tmp_path), "--viz", "--n_snap", "100"]) == 0
     evaluated = read_json(tmp_path / "metrics.json")
     assert evaluated["metrics"] == read_json(trained_run / "metrics.json")["test"]
-    # Every 100th of the 400 test samples is pictured: four tiles of 112x(112+26) on one contact sheet.
+    # Every 100th of the 400 test samples is pictured: four tiles (112x112 pixels, two label lines and
+    # a margin) on one contact sheet.
     from PIL import Image
     sheets = list((tmp_path / "viz").glob("*.png"))
     assert [sheet.name for sheet in sheets] == ["contact_sheet_001.png"]
     with Image.open(sheets[0]) as sheet:
-        assert sheet.size == (4 * 112, 112 + 26)
+        assert sheet.size == (4 * (112 + 4), 112 + 26 + 4)
 
 
 def test_same_seed_gives_identical_runs(fashion_dir, tmp_path):

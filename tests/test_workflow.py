@@ -259,7 +259,7 @@ def test_the_contact_sheet_labels_large_tiles(fashion_dir, tmp_path):
     samples = read_json(run / "eval" / "test" / "metrics.json")["samples"]
     assert len(sheets) == -(-samples // 100)
     with Image.open(sheets[0]) as sheet:
-        assert sheet.size == (10 * 112, 10 * (112 + 26))
+        assert sheet.size == (10 * (112 + 4), 10 * (112 + 26 + 4))  # 28x28 at 4x, two label lines, a margin
 
 
 @pytest.mark.parametrize("flag, value, why", [

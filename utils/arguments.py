@@ -14,7 +14,8 @@ from utils.scheduler import SCHEDULERS, SCHEDULES_OVER_N_EPOCH
 RESUME_SAFE_OPTIONS = frozenset({
     "resume", "n_epoch", "num_workers", "data_dir", "output_dir", "description", "debug", "save_every_n_steps",
     "log_every_n_steps", "gpu_devices", "pin_memory", "compile", "compile_backend", "model_path", "pretrained",
-    "partial_load", "config", "print_config", "log_graph",
+    "partial_load", "config", "print_config", "log_graph", "lr_find", "lr_find_apply", "lr_find_min", "lr_find_max",
+    "lr_find_steps",
 })
 
 # Options of the base that only training uses, and those that define the split: the evaluator takes
@@ -23,9 +24,12 @@ RESUME_SAFE_OPTIONS = frozenset({
 TRAINING_OPTIONS = (
     "config", "print_config", "proj_name", "description", "output_dir", "log_every_n_steps", "log_graph",
     "fast_dev_run", "overfit_batches", "model_type", "pretrained", "partial_load", "n_epoch", "optim", "lr",
-    "weight_decay", "momentum", "lr_scheduler", "warmup_epoch", "lr_decay_epochs", "lr_decay_rate",
-    "plateau_patience", "clip", "clip_mode", "accum_steps", "skip_nonfinite", "monitor", "monitor_mode",
-    "early_stop_patience", "early_stop_delta", "save_every_n_steps", "resume", "sync_bn",
+    "weight_decay", "momentum", "lr_scheduler", "lr_interval", "min_lr", "warmup_epoch", "warmup_steps",
+    "lr_decay_epochs", "lr_decay_rate",
+    "plateau_patience", "clip", "clip_mode", "accum_steps", "skip_nonfinite", "ema_decay", "ema_warmup", "monitor",
+    "monitor_mode",
+    "early_stop_patience", "early_stop_delta", "save_every_n_steps", "save_top_k", "resume", "sync_bn", "lr_find",
+    "lr_find_apply", "lr_find_min", "lr_find_max", "lr_find_steps",
 )
 SPLIT_OPTIONS = ("seed", "data_type", "val_ratio", "train_val_sample_rate", "test_sample_rate")
 
@@ -84,8 +88,15 @@ def add_base_arguments(parser, model_types, data_types):
     optim.add_argument("--weight_decay", type=non_negative_float, default=0.0, help="weight decay")
     optim.add_argument("--momentum", type=non_negative_float, default=0.9, help="momentum (sgd)")
     optim.add_argument("--lr_scheduler", choices=SCHEDULERS, default="none",
-                       help="per-epoch schedule; plateau steps on the --monitor metric")
+                       help="lr schedule; plateau decays on the --monitor metric, per epoch")
+    optim.add_argument("--lr_interval", choices=("step", "epoch"), default=None,
+                       help="advance the schedule every optimizer step or every epoch "
+                            "(default: step for cosine, linear and onecycle, epoch for the others)")
+    optim.add_argument("--min_lr", type=non_negative_float, default=0.0,
+                       help="the lr cosine, linear and onecycle end at")
     optim.add_argument("--warmup_epoch", type=non_negative_int, default=0, help="epochs of linear lr warm-up")
+    optim.add_argument("--warmup_steps", type=non_negative_int, default=0,
+                       help="optimizer steps of linear lr warm-up (with --lr_interval step; instead of --warmup_epoch)")
     optim.add_argument("--lr_decay_epochs", type=positive_int, nargs="+", default=[30],
                        help="step: decay every N epochs (first value); multistep: the milestones")
     optim.add_argument("--lr_decay_rate", type=positive_float, default=0.1, help="lr multiplier at each decay")
@@ -97,6 +108,19 @@ def add_base_arguments(parser, model_types, data_types):
     optim.add_argument("--accum_steps", type=positive_int, default=1,
                        help="micro-batches per optimizer step; the loss is scaled so K batches of B equal one of K*B")
     add_flag(optim, "--skip_nonfinite", help="skip batches whose loss is NaN/inf (counted) instead of stopping")
+    optim.add_argument("--ema_decay", type=ratio, default=0.0,
+                       help="average of the weights, updated every optimizer step, validated as val_ema/* "
+                            "(0 = off; typical 0.999 to 0.9999)")
+    add_flag(optim, "--ema_warmup", default=True,
+             help="with --ema_decay: decay min(D, (1+t)/(10+t)) at update t, so early averages forget the initialisation")
+
+    finder = parser.add_argument_group("learning-rate range test")
+    add_flag(finder, "--lr_find", help="before training, the lr range test: lr_find.png and .csv in the run folder, "
+                                       "the suggested lr in the log; no training unless --lr_find_apply")
+    add_flag(finder, "--lr_find_apply", help="with --lr_find: train with the suggested lr (kept as --lr in config.json)")
+    finder.add_argument("--lr_find_min", type=positive_float, default=1e-7, help="the test's first lr")
+    finder.add_argument("--lr_find_max", type=positive_float, default=10.0, help="the test's last lr")
+    finder.add_argument("--lr_find_steps", type=positive_int, default=200, help="optimizer steps of the test")
 
     select = parser.add_argument_group("checkpoints and early stopping")
     select.add_argument("--monitor", default="val/loss",
@@ -106,6 +130,9 @@ def add_base_arguments(parser, model_types, data_types):
                         help="stop after N epochs without improvement (0 = off)")
     select.add_argument("--early_stop_delta", type=non_negative_float, default=0.0,
                         help="smallest change that counts as an improvement")
+    select.add_argument("--save_top_k", type=non_negative_int, default=0,
+                        help="also keep the K best epochs' checkpoints by --monitor, as "
+                             "<model_type>_epoch<N>_<metric><value>.pth (0 = off)")
     select.add_argument("--save_every_n_steps", type=non_negative_int, default=0,
                         help="also save the full state every N optimizer steps, for mid-epoch resume (0 = off)")
     select.add_argument("--resume", type=Path, default=None,
@@ -123,6 +150,27 @@ def add_base_arguments(parser, model_types, data_types):
     scale.add_argument("--compile_backend", default="inductor",
                        help="torch.compile backend (inductor needs a C++ compiler on the CPU; eager for debugging)")
     add_flag(scale, "--channels_last", help="channels_last memory layout (conv nets)")
+
+
+def check_schedule(args):
+    """Schedule options that contradict each other, refused before anything runs."""
+    from utils.scheduler import lr_interval
+    interval = lr_interval(args)
+    if args.lr_scheduler == "plateau" and interval == "step":
+        raise UserError("--lr_scheduler plateau --lr_interval step: plateau decays on a per-epoch metric; "
+                        "use --lr_interval epoch")
+    if args.warmup_steps and interval == "epoch":
+        raise UserError(f"--warmup_steps {args.warmup_steps} with a per-epoch schedule: use --warmup_epoch, "
+                        "or --lr_interval step")
+    if args.warmup_steps and args.warmup_epoch:
+        raise UserError(f"--warmup_steps {args.warmup_steps} and --warmup_epoch {args.warmup_epoch}: give one of them")
+    if args.lr_find and args.lr_find_min >= args.lr_find_max:
+        raise UserError(f"--lr_find_min {args.lr_find_min} is not below --lr_find_max {args.lr_find_max}")
+    if args.lr_find_apply and not args.lr_find:
+        raise UserError("--lr_find_apply applies the suggestion of --lr_find: give both")
+    if args.min_lr >= args.lr and args.lr_scheduler in ("cosine", "linear", "onecycle"):
+        raise UserError(f"--min_lr {args.min_lr} is not below --lr {args.lr}: the {args.lr_scheduler} schedule "
+                        "would not decay")
 
 
 def json_value(value):

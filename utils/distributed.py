@@ -46,6 +46,15 @@ def broadcast_object(obj, src=0):
     return holder[0]
 
 
+def mean_over_ranks(value, device):
+    """The mean over the ranks of the scalar tensor `value`, as a float (a collective under DDP)."""
+    if is_distributed():
+        value = value.detach().to(device, torch.float64).clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return float(value)
+
+
 def any_rank(flag, device):
     """True on every rank when `flag` is True on at least one (a collective: call it on all ranks)."""
     if not is_distributed():

@@ -3,7 +3,7 @@ import torch
 
 from utils.clipper import Clipper
 from utils.optimizer import build_optimizer
-from utils.scheduler import EpochLR
+from utils.scheduler import LRSchedule, lr_interval
 
 
 class Optimization:
@@ -13,11 +13,14 @@ class Optimization:
     clipping, so the threshold applies to the true gradients, steps, and zeroes the gradients.
     """
 
-    def __init__(self, parameters, args, device_type):
+    def __init__(self, parameters, args, device_type, steps_per_epoch=1):
         self.parameters = list(parameters)
         self.optimizer = build_optimizer(self.parameters, args.optim, args.lr, args.weight_decay, args.momentum)
-        self.scheduler = EpochLR(self.optimizer, args.lr_scheduler, args.n_epoch, args.warmup_epoch,
-                                 args.lr_decay_epochs, args.lr_decay_rate, args.monitor_mode, args.plateau_patience)
+        interval = lr_interval(args)
+        warmup = args.warmup_steps or args.warmup_epoch * (steps_per_epoch if interval == "step" else 1)
+        self.scheduler = LRSchedule(self.optimizer, args.lr_scheduler, args.n_epoch, steps_per_epoch, interval, warmup,
+                                    args.lr_decay_epochs, args.lr_decay_rate, args.min_lr / args.lr, args.monitor_mode,
+                                    args.plateau_patience)
         # GradScaler only for float16: bfloat16 has float32's range and needs no scaling.
         self.scaler = torch.amp.GradScaler(device_type, enabled=args.amp and args.amp_dtype == "fp16")
         self.clipper = Clipper(args.clip_mode, args.clip)

@@ -24,6 +24,7 @@ class TrainingProgress:
         self.nonfinite_batches = 0  # batches skipped with --skip_nonfinite
         self.history = []  # one record per completed epoch
         self.epoch_sums = MetricSums()
+        self.top_k = []  # with --save_top_k: {"epoch", "value", "file"} of the kept checkpoints, best first
 
     def is_finished(self, n_epoch):
         return self.epoch >= n_epoch or self.stopper.should_stop
@@ -43,6 +44,19 @@ class TrainingProgress:
         self.batches_done = 0
         self.epoch_sums = MetricSums()
         return improved
+
+    def rank_top_k(self, value, k, name, mode):
+        """Enter the epoch just ended (monitor `value`, checkpoint file `name`) into the k best.
+        Returns (whether it is kept, the files that drop out). Ties keep the earlier epoch; NaN ranks last."""
+        entry = {"epoch": self.epoch, "value": value, "file": name}
+
+        def rank(item):
+            number = item["value"]
+            worst = number != number
+            return worst, (-number if mode == "max" else number) if not worst else 0.0, item["epoch"]
+        ranked = sorted([*self.top_k, entry], key=rank)
+        self.top_k = ranked[:k]
+        return entry in self.top_k, [item["file"] for item in ranked[k:]]
 
     @property
     def position(self):
@@ -64,7 +78,7 @@ class TrainingProgress:
         """The shared progress; `epoch_sums` are per process and saved by the caller."""
         return {"epoch": self.epoch, "batches_done": self.batches_done, "global_step": self.global_step,
                 "skipped_steps": self.skipped_steps, "nonfinite_batches": self.nonfinite_batches,
-                "history": list(self.history), "early_stopper": self.stopper.state_dict(),
+                "history": list(self.history), "early_stopper": self.stopper.state_dict(), "top_k": list(self.top_k),
                 "best_metric": self.stopper.best, "best_epoch": self.stopper.best_epoch}
 
     def load_state_dict(self, state, epoch_sums, device):
@@ -74,6 +88,7 @@ class TrainingProgress:
         self.skipped_steps = state["skipped_steps"]
         self.nonfinite_batches = state["nonfinite_batches"]
         self.history = list(state["history"])
+        self.top_k = list(state.get("top_k", []))
         self.stopper.load_state_dict(state["early_stopper"])
         self.epoch_sums = MetricSums()
         self.epoch_sums.load_state_dict(epoch_sums, device)

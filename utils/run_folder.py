@@ -151,8 +151,9 @@ class RunFolder:
             self.writer = None
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, state, best=False):
-        """Write `last`, then (for a new best) `best` with the same bytes."""
+    def save_checkpoint(self, state, best=False, also=None):
+        """Write `last`, then (for a new best) `best`, then the file named `also` (a top-k
+        checkpoint), all with the same bytes."""
         if not self.writes:
             return
         buffer = io.BytesIO()
@@ -160,6 +161,39 @@ class RunFolder:
         save_atomic(buffer.getvalue(), self.checkpoint_path("last"))
         if best:
             save_atomic(buffer.getvalue(), self.checkpoint_path("best"))
+        if also:
+            save_atomic(buffer.getvalue(), self.path / also)
+
+    def top_k_name(self, epoch, monitor, value):
+        """`<model_type>_epoch<N>_<metric><value>.pth` of a top-k checkpoint."""
+        return f"{self.model_type}_epoch{epoch:03d}_{monitor.replace('/', '_')}{value:.4f}.pth"
+
+    def delete(self, names):
+        for name in names if self.writes else ():
+            (self.path / name).unlink(missing_ok=True)
+
+    def reconcile_top_k(self, kept, epoch, batches_done, log):
+        """Make the top-k files those `kept` lists (the resumed state's), after a cut between a save
+        and a deletion: files it does not list go; a listed file missing because the cut came
+        before its write is rewritten from `last` when that holds its epoch. Returns `kept`, less
+        what could not be restored."""
+        if not self.writes:
+            return kept
+        listed = {entry["file"] for entry in kept}
+        stale = sorted(path.name for path in self.path.glob(f"{self.model_type}_epoch*.pth") if path.name not in listed)
+        if stale:
+            self.delete(stale)
+            log.warning(f"removed {', '.join(stale)}: past the top-k of the resumed state (a save cut short)")
+        restored = []
+        for entry in kept:
+            if not (self.path / entry["file"]).is_file():
+                if entry["epoch"] != epoch or batches_done:
+                    log.warning(f"{entry['file']} is missing and cannot be rebuilt; it leaves the top-k")
+                    continue
+                save_atomic(self.checkpoint_path("last").read_bytes(), self.path / entry["file"])
+                log.warning(f"{entry['file']} was not written (a save cut short); rewrote it from the last checkpoint")
+            restored.append(entry)
+        return restored
 
     def repair_best(self, log):
         """Rewrite `best` from `last` where a write of `best` was cut short after `last`'s."""

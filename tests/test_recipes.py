@@ -1,0 +1,207 @@
+"""Training recipes that survive a resume: per-step schedules, EMA weights, top-k checkpoints, the
+LR finder."""
+import math
+import signal
+
+import pytest
+import torch
+
+from helpers import load_plain, read_json, run_dirs, train_vanilla
+from trainer_vanilla import VanillaTrainer
+
+# 540 training samples, batch 32: 17 batches an epoch; with --accum_steps 2, 9 optimizer steps.
+FLAGS = ["--n_epoch", "3", "--dropout", "0.2", "--train_val_sample_rate", "0.4", "--test_sample_rate", "0.25"]
+RECIPE = [*FLAGS, "--lr_scheduler", "cosine", "--warmup_steps", "5", "--min_lr", "1e-5", "--accum_steps", "2",
+          "--ema_decay", "0.9", "--save_top_k", "2", "--lr", "0.003"]
+
+
+def stopping_at(step):
+    """A trainer that receives SIGINT just before optimizer step `step` completes."""
+    class Stopping(VanillaTrainer):
+        def after_step(self):
+            if self.progress.global_step == step and not self.stop.requested:
+                self.stop.signum = signal.SIGINT
+            super().after_step()
+    Stopping.__name__ = "VanillaTrainer"  # the checkpoint names the task it belongs to
+    return Stopping
+
+
+def step_lrs(run):
+    """Every optimizer step's lr as TensorBoard's own reader finds it: [(step, lr)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run / "summary"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars("train/step_lr")]
+
+
+def assert_same_state(run_a, run_b):
+    first, second = (load_plain(run / "Vanilla_last_ckpt.pth") for run in (run_a, run_b))
+    assert first["global_step"] == second["global_step"]
+    for key in first["model"]:
+        assert torch.equal(first["model"][key], second["model"][key]), key
+    assert first["ema"]["updates"] == second["ema"]["updates"] == first["global_step"]
+    for key in first["ema"]["weights"]:
+        assert torch.equal(first["ema"]["weights"][key], second["ema"]["weights"][key]), key
+    assert read_json(run_a / "metrics.json")["history"][-1]["val_ema/accuracy"] == \
+        read_json(run_b / "metrics.json")["history"][-1]["val_ema/accuracy"]
+    assert read_json(run_a / "metrics.json")["test"] == read_json(run_b / "metrics.json")["test"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(fashion_dir, tmp_path_factory):
+    return train_vanilla(fashion_dir, tmp_path_factory.mktemp("full"), *RECIPE)
+
+
+def test_the_lr_advances_every_step_with_a_smooth_warm_up(uninterrupted):
+    lrs = step_lrs(uninterrupted)
+    assert [step for step, _ in lrs] == list(range(1, 28))  # 3 epochs of 9 optimizer steps
+    values = [lr for _, lr in lrs]
+    assert values[:5] == pytest.approx([0.003 * k / 6 for k in range(1, 6)], rel=1e-6)  # warm-up within epoch 1
+    span = 27 - 5
+    expected = [1e-5 + (0.003 - 1e-5) * 0.5 * (1 + math.cos(math.pi * k / span)) for k in range(span)]
+    assert values[5:] == pytest.approx(expected, rel=1e-5)
+    assert len(set(values[:9])) == 9  # it changes inside the first epoch
+
+
+@pytest.mark.parametrize("step", [4, 9, 9 + 6])  # mid-accumulation epoch 1, at an epoch's end, mid epoch 2
+def test_per_step_schedule_ema_and_top_k_resume_exactly(fashion_dir, tmp_path, uninterrupted, step):
+    with pytest.raises(SystemExit):
+        train_vanilla(fashion_dir, tmp_path, *RECIPE, trainer_class=stopping_at(step))
+    run = run_dirs(tmp_path)[0]
+    assert load_plain(run / "Vanilla_last_ckpt.pth")["global_step"] == step
+    assert VanillaTrainer.main(["--resume", str(run)]) == 0
+    assert_same_state(run, uninterrupted)
+    assert step_lrs(run) == step_lrs(uninterrupted)
+    assert sorted(path.name for path in run.glob("Vanilla_epoch*.pth")) == \
+        sorted(path.name for path in uninterrupted.glob("Vanilla_epoch*.pth"))
+
+
+def test_ema_follows_the_formula(restore_global_rng):
+    from utils.ema import EMA
+    model = torch.nn.Linear(3, 2)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    ema = EMA(model, decay=0.9, warmup=True)
+    expected = torch.zeros(2, 3, dtype=torch.float64)
+    for t, value in enumerate([1.0, 2.0, -1.0, 4.0, 0.5] * 4):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update(model)
+        decay = min(0.9, (1 + t) / (10 + t))
+        expected = decay * expected + (1 - decay) * value
+    assert torch.allclose(ema.module.weight.double(), expected, atol=1e-6)
+    assert ema.module.weight.dtype == torch.float32 and not ema.module.weight.requires_grad
+    plain = EMA(model, decay=0.5, warmup=False)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    plain.update(model)
+    assert torch.allclose(plain.module.weight, torch.full((2, 3), 0.5 * 0.5 + 0.5 * 2.0))
+
+
+def test_ema_buffers_are_copied_not_averaged():
+    from utils.ema import EMA
+    model = torch.nn.BatchNorm1d(2)
+    ema = EMA(model, decay=0.99)
+    model.train()
+    model(torch.randn(8, 2) * 3 + 5)
+    ema.update(model)
+    assert torch.equal(ema.module.running_mean, model.running_mean)
+    assert torch.equal(ema.module.num_batches_tracked, model.num_batches_tracked)
+
+
+def test_the_monitor_on_ema_picks_and_tests_the_averaged_weights(fashion_dir, tmp_path, capsys):
+    from eval_vanilla import VanillaEvaluator
+    run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--ema_decay", "0.95", "--monitor", "val_ema/accuracy")
+    history = read_json(run / "metrics.json")["history"]
+    assert all("val_ema/accuracy" in record and "val/accuracy" in record for record in history)
+    assert "EMA weights" in (run / "log.txt").read_text()
+    checkpoint = str(run / "Vanilla_best_ckpt.pth")
+    assert VanillaEvaluator.main(["--model_path", checkpoint]) == 0  # the average, by default
+    assert read_json(run / "eval" / "test" / "metrics.json")["metrics"] == read_json(run / "metrics.json")["test"]
+    assert read_json(run / "eval" / "test" / "metrics.json")["weights"] == "ema"
+    assert VanillaEvaluator.main(["--model_path", checkpoint, "--weights", "raw", "--tag", "raw"]) == 0
+    assert read_json(run / "eval" / "test_raw" / "metrics.json")["weights"] == "raw"
+
+    plain = train_vanilla(fashion_dir, tmp_path / "plain", *FLAGS, "--n_epoch", "1")
+    with pytest.raises(SystemExit):
+        VanillaEvaluator.main(["--model_path", str(plain / "Vanilla_best_ckpt.pth"), "--weights", "ema"])
+    assert "holds no averaged weights" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_vanilla(fashion_dir, tmp_path / "none", *FLAGS, "--monitor", "val_ema/accuracy")
+    assert "val_ema" not in capsys.readouterr().err.split("expected one of")[1]
+
+
+def test_top_k_keeps_exactly_k_through_resumes_and_a_cut_between_save_and_delete(fashion_dir, tmp_path):
+    flags = [*FLAGS, "--n_epoch", "2", "--save_top_k", "2", "--monitor", "val/loss", "--monitor_mode", "min"]
+    run = train_vanilla(fashion_dir, tmp_path, *flags)
+    kept = sorted(path.name for path in run.glob("Vanilla_epoch*.pth"))
+    assert len(kept) == 2
+    state = load_plain(run / "Vanilla_last_ckpt.pth")
+    assert sorted(entry["file"] for entry in state["top_k"]) == kept
+    for entry in state["top_k"]:  # each kept file is a whole checkpoint of its epoch
+        assert load_plain(run / entry["file"])["epoch"] == entry["epoch"]
+        assert f"_epoch{entry['epoch']:03d}_val_loss{entry['value']:.4f}.pth" in entry["file"]
+
+    for n_epoch in (4, 6):  # two resumes
+        assert VanillaTrainer.main(["--resume", str(run), "--n_epoch", str(n_epoch)]) == 0
+        state = load_plain(run / "Vanilla_last_ckpt.pth")
+        assert sorted(path.name for path in run.glob("Vanilla_epoch*.pth")) == \
+            sorted(entry["file"] for entry in state["top_k"])
+        assert len(state["top_k"]) == 2
+        losses = [record["val/loss"] for record in read_json(run / "metrics.json")["history"]]
+        assert sorted(entry["value"] for entry in state["top_k"]) == sorted(losses)[:2]
+
+    # A cut after a new top-k file was written but before the one it pushed out was deleted: the
+    # state in `last` does not list the stray file, and the resume removes it.
+    stray = run / "Vanilla_epoch099_val_loss0.0001.pth"
+    stray.write_bytes((run / "Vanilla_last_ckpt.pth").read_bytes())
+    # And a cut after `last` listed a file but before that file was written: the resume rewrites it.
+    listed = [entry for entry in state["top_k"] if entry["epoch"] == state["epoch"]]
+    if listed:
+        (run / listed[0]["file"]).unlink()
+    assert VanillaTrainer.main(["--resume", str(run), "--n_epoch", "7"]) == 0
+    state = load_plain(run / "Vanilla_last_ckpt.pth")
+    assert not stray.exists()
+    assert sorted(path.name for path in run.glob("Vanilla_epoch*.pth")) == sorted(e["file"] for e in state["top_k"])
+    assert len(state["top_k"]) == 2
+
+
+def test_the_lr_finder_leaves_the_run_as_without_it_and_its_suggestion_trains(fashion_dir, tmp_path):
+    found = train_vanilla(fashion_dir, tmp_path / "found", *FLAGS, "--lr_find", "--lr_find_apply",
+                          "--lr_find_steps", "120")
+    record = read_json(found / "config.json")["lr_find"]
+    suggestion = record["suggestion"]
+    assert record["applied"] and record["lr_before"] == 0.001 and 1e-4 < suggestion < 0.1
+    assert read_json(found / "config.json")["options"]["lr"] == suggestion
+    rows = (found / "lr_find.csv").read_text().splitlines()
+    assert rows[0] == "step,lr,loss,smoothed_loss" and 20 < len(rows) <= 121
+    from PIL import Image
+    with Image.open(found / "lr_find.png") as picture:
+        assert picture.size == (720, 440)
+
+    # The same run without the finder, told the suggested lr: bit-identical.
+    plain = train_vanilla(fashion_dir, tmp_path / "plain", *FLAGS, "--lr", repr(suggestion))
+    first, second = (load_plain(run / "Vanilla_last_ckpt.pth") for run in (found, plain))
+    assert all(torch.equal(first["model"][key], second["model"][key]) for key in first["model"])
+    assert read_json(found / "metrics.json")["test"] == read_json(plain / "metrics.json")["test"]
+    assert read_json(found / "metrics.json")["test"]["test/accuracy"] > 0.6  # it converges
+
+    alone = train_vanilla(fashion_dir, tmp_path / "alone", *FLAGS, "--lr_find", "--lr_find_steps", "60")
+    assert read_json(alone / "metrics.json")["status"] == "lr_find"
+    assert not list(alone.glob("*.pth")) and (alone / "lr_find.png").is_file()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr_scheduler", "plateau", "--lr_interval", "step"], "plateau decays on a per-epoch metric"),
+    (["--lr_scheduler", "step", "--warmup_steps", "3"], "--warmup_steps 3 with a per-epoch schedule"),
+    (["--lr_scheduler", "cosine", "--warmup_steps", "3", "--warmup_epoch", "1"], "give one of them"),
+    (["--lr_scheduler", "cosine", "--min_lr", "0.01"], "--min_lr 0.01 is not below --lr 0.001"),
+    (["--lr_find_apply"], "give both"),
+    (["--lr_find", "--lr_find_min", "1", "--lr_find_max", "0.1"], "is not below --lr_find_max"),
+])
+def test_contradicting_recipe_options_are_refused(fashion_dir, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        train_vanilla(fashion_dir, tmp_path, *flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())

@@ -1,0 +1,130 @@
+"""The learning-rate range test: train a few hundred steps with the lr growing geometrically, watch
+the loss, suggest the lr where it falls fastest. It leaves the run as it found it.
+
+    python trainer_vanilla.py --lr_find                  the curve, the suggestion, no training
+    python trainer_vanilla.py --lr_find --lr_find_apply  then train with the suggested lr
+
+Writes `lr_find.csv` (lr, loss, smoothed loss per step) and `lr_find.png` (the smoothed loss over a
+log-scaled lr axis, the suggestion marked) into the run folder. The test steps an optimizer of its
+own, draws its batches in an order training never uses, and puts the model's weights and buffers
+and the random state back as they were, so the run that follows is the run without the test.
+"""
+import copy
+import csv
+import math
+
+import torch
+
+from utils import distributed
+from utils.checkpoint import atomic_open
+from utils.optimizer import build_optimizer
+from utils.seed import get_rng_state, set_rng_state
+
+SMOOTHING = 0.98  # the loss curve is an exponential average of the batch losses, bias-corrected
+DIVERGED = 4.0  # the test stops once the smoothed loss exceeds this multiple of its minimum
+FINDER_EPOCH = 1_000_000  # the data order of the test: an epoch number training never reaches
+
+
+def range_test(trainer, lr_min, lr_max, steps):
+    """Run the test on `trainer`'s model and training data. Returns (lrs, losses, smoothed, suggestion)."""
+    args, model = trainer.args, trainer.model
+    saved_weights, saved_rng = copy.deepcopy(model.state_dict()), get_rng_state()
+    optimizer = build_optimizer(list(model.parameters()), args.optim, lr_min, args.weight_decay, args.momentum)
+    scaler = torch.amp.GradScaler(trainer.device.type, enabled=args.amp and args.amp_dtype == "fp16")
+    growth = (lr_max / lr_min) ** (1 / max(1, steps - 1))
+    lrs, losses, smoothed, average, best = [], [], [], 0.0, math.inf
+    loader = trainer.loaders["train"]
+    trainer.train_model.train()
+    try:
+        for round_number in range(steps):  # enough passes over the data for `steps` batches
+            loader.sampler.set_epoch(FINDER_EPOCH + round_number)
+            for index, (_, batch) in enumerate(loader):
+                step = len(lrs)
+                lr = lr_min * growth ** step
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = trainer.prepare_batch(trainer.to_device(batch), True,
+                                              trainer.batch_generator(FINDER_EPOCH + round_number, index))
+                with trainer.autocast():
+                    loss, _ = trainer.forward_batch(trainer.train_model, batch)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                value = distributed.mean_over_ranks(loss.detach().float(), trainer.device)
+                average = SMOOTHING * average + (1 - SMOOTHING) * value
+                lrs.append(lr)
+                losses.append(value)
+                smoothed.append(average / (1 - SMOOTHING ** (step + 1)))
+                best = min(best, smoothed[-1])
+                if len(lrs) == steps or not math.isfinite(smoothed[-1]) or smoothed[-1] > DIVERGED * best:
+                    return lrs, losses, smoothed, suggest(lrs, smoothed)
+    finally:
+        model.load_state_dict(saved_weights)
+        for parameter in model.parameters():
+            parameter.grad = None
+        set_rng_state(saved_rng)
+    return lrs, losses, smoothed, suggest(lrs, smoothed)
+
+
+def suggest(lrs, smoothed):
+    """The lr where the smoothed loss falls fastest (per log-lr), before its minimum, leaving out
+    the first tenth of the steps, where the average has seen too few batches."""
+    finite = [i for i, value in enumerate(smoothed) if math.isfinite(value)]
+    if len(finite) < 3:
+        return None
+    end = min(finite, key=lambda i: smoothed[i])
+    start = max(1, len(lrs) // 10)
+    if end - start < 2:
+        start = 0
+    if end - start < 2:
+        return None
+    slopes = [(smoothed[i + 1] - smoothed[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1]))
+              for i in range(max(start, 1), end)]
+    return lrs[max(start, 1) + min(range(len(slopes)), key=slopes.__getitem__)]
+
+
+def write_csv(path, lrs, losses, smoothed):
+    with atomic_open(path, "w") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["step", "lr", "loss", "smoothed_loss"])
+        writer.writerows((step, repr(lr), repr(loss), repr(average))
+                         for step, (lr, loss, average) in enumerate(zip(lrs, losses, smoothed)))
+
+
+def write_plot(path, lrs, smoothed, suggestion):
+    """The smoothed loss over log10(lr), with a decade grid and the suggestion marked in red."""
+    from PIL import Image, ImageDraw
+    width, height, left, right, top, bottom = 720, 440, 70, 20, 30, 50
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    points = [(math.log10(lr), value) for lr, value in zip(lrs, smoothed) if math.isfinite(value)]
+    low_x, high_x = math.log10(lrs[0]), math.log10(lrs[-1]) if len(lrs) > 1 else math.log10(lrs[0]) + 1
+    values = [value for _, value in points] or [0.0, 1.0]
+    # The loss axis spans the curve up to twice its start, so a divergence does not flatten the rest.
+    low_y, high_y = min(values), min(max(values), 2 * values[0] - min(values)) if len(values) > 1 else min(values) + 1
+    high_y = high_y if high_y > low_y else low_y + 1
+
+    def to_pixel(x, y):
+        px = left + (x - low_x) / max(high_x - low_x, 1e-12) * (width - left - right)
+        py = top + (high_y - min(max(y, low_y), high_y)) / (high_y - low_y) * (height - top - bottom)
+        return px, py
+    draw.rectangle([left, top, width - right, height - bottom], outline=(0, 0, 0))
+    for decade in range(math.ceil(low_x), math.floor(high_x) + 1):
+        x, _ = to_pixel(decade, low_y)
+        draw.line([x, top, x, height - bottom], fill=(220, 220, 220))
+        draw.text((x - 12, height - bottom + 6), f"1e{decade}", fill=(0, 0, 0))
+    for fraction in (0.0, 0.5, 1.0):
+        y_value = low_y + fraction * (high_y - low_y)
+        _, y = to_pixel(low_x, y_value)
+        draw.text((6, y - 6), f"{y_value:.3g}", fill=(0, 0, 0))
+    if len(points) > 1:
+        draw.line([to_pixel(x, y) for x, y in points], fill=(31, 119, 180), width=2)
+    if suggestion is not None:
+        x, _ = to_pixel(math.log10(suggestion), low_y)
+        draw.line([x, top, x, height - bottom], fill=(214, 39, 40), width=2)
+        draw.text((x + 4, top + 4), f"suggested lr {suggestion:.3g}", fill=(214, 39, 40))
+    draw.text((width // 2 - 60, height - 22), "learning rate (log scale)", fill=(0, 0, 0))
+    draw.text((left, 8), "smoothed training loss", fill=(0, 0, 0))
+    with atomic_open(path, "wb") as handle:
+        image.save(handle, format="PNG")
