@@ -208,9 +208,10 @@ sys.exit(Stopping.main())
 
 def test_ddp_resume_mid_epoch_restores_every_rank(fashion_dir, tmp_path):
     """Each rank's partial epoch sums and random stream (dropout on) come back: the resumed run's
-    metrics and weights equal the uninterrupted run's. Another number of processes is refused."""
+    metrics and weights equal the uninterrupted run's, with a per-step schedule and EMA weights
+    too. Another number of processes is refused."""
     flags = ["--data_dir", fashion_dir, "--batch_size", "16", "--deterministic", *FLAGS, "--n_epoch", "2",
-             "--dropout", "0.2"]
+             "--dropout", "0.2", "--lr_scheduler", "cosine", "--warmup_steps", "4", "--ema_decay", "0.9"]
     full = torchrun(2, "trainer_vanilla.py", "--output_dir", tmp_path / "full", *flags)
     assert full.returncode == 0, full.stderr[-3000:]
     script = tmp_path / "stopping.py"
@@ -232,6 +233,9 @@ def test_ddp_resume_mid_epoch_restores_every_rank(fashion_dir, tmp_path):
     assert metric_history(run) == metric_history(uninterrupted)
     assert read_json(run / "metrics.json")["test"] == read_json(uninterrupted / "metrics.json")["test"]
     assert_close_weights(run, uninterrupted, atol=0)
+    first, second = (load_plain(folder / "Vanilla_last_ckpt.pth")["ema"]["weights"] for folder in (run, uninterrupted))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    assert "val_ema/accuracy" in metric_history(run)[-1]
 
 
 def test_ddp_with_a_single_validation_and_test_sample(fashion_dir, tmp_path):

@@ -21,6 +21,7 @@ class EMA:
         self.warmup = warmup
         self.module = copy.deepcopy(model).float().eval().requires_grad_(False)
         self.updates = 0
+        self.pairs = None  # (model, averages, its parameters, all float32?, buffer pairs), from the first update
 
     def decay_at(self, update):
         """The decay of update number `update` (0-based)."""
@@ -28,11 +29,14 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model):
+        if self.pairs is None or self.pairs[0] is not model:  # the tensors to average, listed once
+            current = [p.detach() for p in model.parameters()]
+            self.pairs = (model, list(self.module.parameters()), current,
+                          all(p.dtype == torch.float32 for p in current), list(zip(self.module.buffers(), model.buffers())))
+        _, averages, current, float32, buffers = self.pairs
         weight = 1.0 - self.decay_at(self.updates)
-        averages = list(self.module.parameters())
-        current = [p.detach().float() for p in model.parameters()]
-        torch._foreach_lerp_(averages, current, weight)
-        for average, buffer in zip(self.module.buffers(), model.buffers()):
+        torch._foreach_lerp_(averages, current if float32 else [p.float() for p in current], weight)
+        for average, buffer in buffers:
             average.copy_(buffer)
         self.updates += 1
 
