@@ -9,19 +9,23 @@ Test mode writes metrics.json (mean dice, IoU, pixel accuracy, and dice and IoU 
 <name>_pred.png (car white on black, at the original resolution) and <name>_overlay.png.
 Prediction mode (--input_dir) writes the Kaggle CSV (img,rle_mask) at each image's original size.
 """
-import csv
+import gzip
+import os
+import shutil
 import sys
+from collections import deque
+from contextlib import contextmanager
+from itertools import takewhile
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from eval import EvaluatorBase
-from trainer_seg_on_carvana import SegOnCarvanaTrainer
+from trainer_seg_on_carvana import SegOnCarvanaTrainer, car_probability
 from utils.checkpoint import atomic_open
 from utils.errors import UserError
 from utils.metrics import dice_iou_per_image
+from utils.rle import rle_encode
 
 
 class SegOnCarvanaEvaluator(EvaluatorBase):
@@ -45,13 +49,6 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
             return super().output_name()
         return "predict" + (f"_{self.args.tag}" if self.args.tag else "")
 
-    def probabilities(self, logits, size):
-        """Car probability at `size` (height, width), from logits at the model's resolution."""
-        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-        if logits.shape[1] == 1:
-            return torch.sigmoid(logits[:, 0])
-        return 1 - torch.softmax(logits, dim=1)[:, 0]
-
     def on_batch(self, batch, outputs, indices):
         from data.carvana import load_mask
         from utils.metrics import binary_masks
@@ -67,7 +64,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
             if self.args.viz and number % self.args.n_snap == 0:
                 original = load_original(dataset.image_paths[sample])
                 truth = load_mask(dataset.mask_paths[sample]).numpy().astype(bool)
-                predicted = self.probabilities(outputs[row:row + 1], truth.shape)[0] > self.args.threshold
+                predicted = car_probability(outputs[row:row + 1], truth.shape)[0] > self.args.threshold
                 self.write_pictures(name, original, truth, predicted.cpu().numpy())
 
     def write_pictures(self, name, original, truth, predicted):
@@ -92,10 +89,27 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
             return super().run()
         return self.predict_folder()
 
+    @contextmanager
+    def output_folder(self):
+        """Prediction writes its CSV as it goes, to continue after an interruption: into the output
+        folder itself, not a temporary one that an interruption would remove."""
+        if self.args.input_dir is None:
+            with super().output_folder():
+                yield
+            return
+        yield
+        self.log.info(f"results in {self.save_path}")
+
     def predict_folder(self):
-        """Predict every image in --input_dir through the task's evaluation loop; write the Kaggle CSV."""
+        """Every image in --input_dir through the task's evaluation loop, streamed into Kaggle's CSV.
+
+        Rows go to `<submission>.partial` as their masks are encoded (on threads, in order), with
+        memory flat in the number of images; a second call with the same output continues after
+        its last complete row. The finished file (gzipped when the name ends in .gz) replaces the
+        partial one atomically, byte for byte what an uninterrupted call writes."""
+        from tqdm import tqdm
+
         from data.carvana import CarvanaImages
-        from utils.rle import rle_encode
         args = self.args
         submission = Path(args.submission) if args.submission else self.save_path / "submission.csv"
         self.setup(data=False)
@@ -103,25 +117,130 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
             submission.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"cannot create the output folder for {submission}: {error.strerror or error}") from None
-        images = CarvanaImages(args.input_dir, args.img_size)
-        rows = []
+        partial = submission.with_name(submission.name + ".partial")
+        listing = CarvanaImages(args.input_dir, args.img_size, skip_bad=args.skip_bad, log=self.log.warning)
+        done = continued_rows(partial, [path.name for path in listing.all_paths])
+        images = CarvanaImages(args.input_dir, args.img_size, skip_bad=True, log=lambda message: None, start=done)
+        if done:
+            self.log.info(f"continuing {partial}: {done} of {len(listing.all_paths)} images are done")
+        bar = tqdm(total=len(listing.all_paths), initial=done, unit="image", desc="predict", dynamic_ncols=True,
+                   disable=not sys.stderr.isatty())
+        unreadable = []
+        started = partial.is_file() and partial.stat().st_size > 0
+        with open(partial, "a", newline="") as handle, RowWriter(handle, bar) as rows:
+            if not started:
+                handle.write("img,rle_mask\n")
 
-        def encode(batch, logits, indices):
-            for row, sample in enumerate(indices.tolist()):
-                predicted = (self.probabilities(logits[row:row + 1], images.original_size(sample))[0]
-                             > args.threshold).cpu().numpy()
-                rows.append((images.names[sample], rle_encode(predicted)))
-                if args.viz and sample % args.n_snap == 0:
-                    self.write_pictures(Path(images.names[sample]).stem, load_original(images.image_paths[sample]),
-                                        None, predicted)
+            def encode(batch, logits, indices):
+                samples, readable = indices.tolist(), batch["readable"].tolist()
+                sizes = [images.original_size(sample) if ok else None for sample, ok in zip(samples, readable)]
+                masks = [None] * len(samples)
+                for size, group in groups_by_size(sizes):  # upsampled and thresholded on the device, batched
+                    for row, mask in zip(group, (car_probability(logits[group], size) > args.threshold).cpu().numpy()):
+                        masks[row] = mask
+                for row, sample in enumerate(samples):
+                    name = images.names[sample]
+                    if masks[row] is None:
+                        if not args.skip_bad:
+                            raise UserError(f"cannot decode image {args.input_dir / name}; pass --skip_bad to give "
+                                            "it an empty mask row instead")
+                        unreadable.append(name)
+                    rows.add(name, masks[row])
+                if args.viz:
+                    self.write_viz(logits, samples, sizes, images)
 
-        self.trainer.evaluate("predict", on_batch=encode, loader=self.trainer.make_loader(images))
-        with atomic_open(submission, "w") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(["img", "rle_mask"])
-            writer.writerows(rows)
-        self.log.info(f"wrote {len(rows)} masks to {submission.name}")
-        return {"images": len(rows)}
+            self.trainer.evaluate("predict", on_batch=encode, loader=self.trainer.make_loader(images))
+        bar.close()
+        finish_submission(partial, submission)
+        if unreadable:
+            self.log.warning(f"{len(unreadable)} image(s) could not be decoded and got an empty mask, first {unreadable[0]}")
+        self.log.info(f"wrote {len(listing.all_paths)} masks to {submission.name}")
+        return {"images": len(listing.all_paths), "unreadable": unreadable, "skipped_files": listing.skipped_files}
+
+    def write_viz(self, logits, samples, sizes, images):
+        for row, (sample, size) in enumerate(zip(samples, sizes)):
+            if (images.start + sample) % self.args.n_snap == 0 and size is not None:
+                predicted = (car_probability(logits[row:row + 1], size)[0] > self.args.threshold).cpu().numpy()
+                self.write_pictures(Path(images.names[sample]).stem, load_original(images.image_paths[sample]),
+                                    None, predicted)
+
+
+class RowWriter:
+    """Kaggle CSV rows written in order as their RLE strings are encoded on a few threads; at most
+    `ahead` masks wait, so memory does not grow with the number of images."""
+
+    AHEAD, THREADS = 64, 4
+
+    def __init__(self, handle, bar):
+        from concurrent.futures import ThreadPoolExecutor
+        self.handle, self.bar, self.ahead, threads = handle, bar, self.AHEAD, self.THREADS
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+        self.pending = deque()
+
+    def add(self, name, mask):
+        """Queue the row of image `name`; `mask` None writes an empty mask."""
+        self.pending.append((name, self.pool.submit(rle_encode, mask) if mask is not None else None))
+        if len(self.pending) > self.ahead:
+            self.write(len(self.pending) - self.ahead)
+
+    def write(self, count):
+        for _ in range(count):
+            name, future = self.pending.popleft()
+            self.handle.write(f"{name},{future.result() if future is not None else ''}\n")
+            self.bar.update(1)
+        self.handle.flush()  # a complete row survives an interruption
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is None:
+            self.write(len(self.pending))
+        else:  # the rows encoded so far are kept, in order; the rest is redone when continued
+            self.write(sum(1 for _ in takewhile(lambda item: item[1] is None or item[1].done(), self.pending)))
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def groups_by_size(sizes):
+    """The rows of a batch grouped by original size, so that each group is upsampled in one call."""
+    groups = {}
+    for row, size in enumerate(sizes):
+        if size is not None:
+            groups.setdefault(size, []).append(row)
+    return groups.items()
+
+
+def continued_rows(partial, names):
+    """How many images a partial submission holds complete rows for, after cutting off a row an
+    interruption left half-written. Its rows must be those of the first `names`."""
+    if not partial.is_file():
+        return 0
+    text = partial.read_text()
+    complete = text[:text.rfind("\n") + 1]
+    lines = complete.splitlines()
+    if not lines or lines[0] != "img,rle_mask":
+        with open(partial, "w", newline=""):
+            pass  # nothing usable: start over
+        return 0
+    done = [line.split(",", 1)[0] for line in lines[1:]]
+    if done != names[:len(done)]:
+        raise UserError(f"{partial} holds rows of other images than the first {len(done)} in the input folder; "
+                        "delete it to start over")
+    if len(complete) != len(text):
+        with open(partial, "r+", newline="") as handle:
+            handle.truncate(len(complete.encode()))
+    return len(done)
+
+
+def finish_submission(partial, submission):
+    """Move the complete CSV into place atomically; gzipped (reproducibly: no name, no time) for .gz."""
+    if submission.suffix == ".gz":
+        with atomic_open(submission, "wb") as handle, open(partial, "rb") as source, \
+                gzip.GzipFile(filename="", mode="wb", fileobj=handle, mtime=0) as packed:
+            shutil.copyfileobj(source, packed)
+        partial.unlink()
+    else:
+        os.replace(partial, submission)
 
 
 def load_original(path):

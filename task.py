@@ -17,6 +17,9 @@ training, and EvaluatorBase (eval.py) evaluates a saved checkpoint with the same
     forward_batch(model, batch)   -> (loss, outputs) for one batch, under autocast
     predict_batch(model, batch)   -> outputs for a batch of inputs without targets (default: model(batch))
     batch_stats(batch, outputs)   -> dict of tensors to sum over the epoch (counts, sums)
+    sample_stats(phase, outputs, indices)
+                                  -> dict of sums that need each row's sample (its files, its size),
+                                     `indices` being positions in the phase's dataset; default none
     compute_metrics(totals)       -> dict of floats from the summed stats
     report(phase, totals, epoch)  extra logging (per-class accuracy, ...); optional
     visualize(writer, epoch, batch, outputs)
@@ -94,6 +97,9 @@ class TaskBase:
     def batch_stats(self, batch, outputs):
         return {}
 
+    def sample_stats(self, phase, outputs, indices):
+        return {}
+
     def compute_metrics(self, totals):
         return {}
 
@@ -124,6 +130,7 @@ class TaskBase:
                     else:
                         loss, outputs = self.forward_batch(model, batch)
                         pending.append((batch, outputs, loss))
+                        sums.add(self.sample_stats(phase, outputs, indices))
                 if len(pending) == self.eval_stats_every:
                     self.add_eval_stats(sums, pending)
                 if on_batch is not None:
@@ -158,7 +165,8 @@ class TaskBase:
         return {f"{phase}/{name}": float(value) for name, value in metrics.items()}
 
     def progress_bar(self, loader, phase, initial=0):
-        return progress_bar(loader, phase, len(loader.sampler), initial, enabled=self.main_process)
+        # Prediction counts its own progress, in images.
+        return progress_bar(loader, phase, len(loader.sampler), initial, enabled=self.main_process and phase != "predict")
 
     def to_device(self, batch):
         return to_device(batch, self.device, self.args.channels_last)

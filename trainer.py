@@ -9,11 +9,11 @@ outputs, metrics, pictures); it never copies a loop. It also declares its option
     task_resume_safe_options      the task's options a resumed run may change (paths, caches, ...)
 
 Guarantees and limits:
-- Checkpoints hold the whole training state (model without wrapper prefixes, optimizer, scheduler,
-  grad scaler, the progress: epoch, step, history, early stopper; and each process's random state
-  and partial epoch sums) as tensors and plain values; they load with
-  `torch.load(path, weights_only=True)` and are written atomically. `best` is written after `last`
-  with the same bytes, and repaired from it if that write was cut short.
+- Checkpoints hold the whole training state (model without wrapper prefixes, its EMA, optimizer,
+  scheduler, grad scaler, the progress: epoch, step, history, early stopper, top-k list; and each
+  process's random state and partial epoch sums) as tensors and plain values; they load with
+  `torch.load(path, weights_only=True)` and are written atomically. `best` (and a top-k file) is
+  written after `last` with the same bytes, and repaired from it if that write was cut short.
 - `--resume` continues a run exactly: the data order is a function of seed and epoch, and a
   mid-epoch checkpoint (`--save_every_n_steps`) skips exactly the batches already consumed. It
   needs the same number of processes, and never reads `--model_path` again.
@@ -44,7 +44,7 @@ from utils.batch import batch_size_of
 from utils.checkpoint import load_checkpoint, load_weights, weights_of
 from utils.config_file import config_file_in, format_options, read_config_file
 from utils.ema import EMA
-from utils.lr_finder import range_test, write_csv, write_plot
+from utils.lr_finder import find_lr
 from utils.errors import UserError, run_cli
 from utils.logger import close_logger, setup_logger
 from utils.optimization import Optimization
@@ -134,7 +134,7 @@ class TrainerBase(TaskBase):
         try:
             self.setup()
             with self.stop.installed():  # from here on, a signal stops the run at the next batch
-                if self.args.lr_find and self.checkpoint is None and not self.find_lr():
+                if self.args.lr_find and self.checkpoint is None and not find_lr(self):
                     return None  # the range test alone
                 while not self.progress.is_finished(self.args.n_epoch):
                     started = time.perf_counter()
@@ -299,32 +299,6 @@ class TrainerBase(TaskBase):
             capture.remove()
         self.log.info(f"model {self.args.model_type}:\n{format_summary(self.model_summary)}")
         return inputs[0] if inputs else None
-
-    def find_lr(self):
-        """--lr_find: the range test (utils/lr_finder.py), its curve and suggestion in the run folder;
-        with --lr_find_apply the suggestion becomes --lr. Returns whether training follows."""
-        args, run = self.args, self.run
-        lrs, losses, smoothed, suggestion = range_test(self, args.lr_find_min, args.lr_find_max, args.lr_find_steps)
-        if run.writes:
-            write_csv(run.path / "lr_find.csv", lrs, losses, smoothed)
-            write_plot(run.path / "lr_find.png", lrs, smoothed, suggestion)
-        config = run.read_json("config.json") or {}
-        config["lr_find"] = {"lr_min": args.lr_find_min, "lr_max": args.lr_find_max, "steps": len(lrs),
-                             "suggestion": suggestion, "applied": bool(args.lr_find_apply), "lr_before": args.lr}
-        shown = f"{suggestion:.3g}" if suggestion is not None else "none (the loss never fell)"
-        self.log.info(f"lr range test over {len(lrs)} steps: suggested lr {shown} (see {run.path / 'lr_find.png'})")
-        if args.lr_find_apply:
-            if suggestion is None:
-                raise UserError(f"--lr_find_apply: the range test found no lr at which the loss falls "
-                                f"(see {run.path / 'lr_find.png'}); give --lr instead")
-            args.lr = config["options"]["lr"] = suggestion
-            self.setup_optimization()  # the optimizer and schedule a run started with --lr <suggestion> has
-        run.write_json("config.json", config)
-        if not args.lr_find_apply:
-            self.write_metrics("lr_find")
-            self.log.info(f"to train with it: --lr {suggestion:.3g}, or --lr_find --lr_find_apply" if suggestion
-                          else "no training: --lr_find alone only runs the test")
-        return args.lr_find_apply
 
     def check_monitor(self):
         phase, _, name = self.args.monitor.partition("/")

@@ -5,15 +5,18 @@
 
 Train, validation and test hold disjoint cars (the 16 views of a car are near-duplicates); the
 split is written to the run folder and the evaluator reuses it. Metrics are computed at
---img_size: dice (mean over images, as Kaggle scores it), IoU and pixel accuracy.
+--img_size: dice (mean over images, as Kaggle scores it), IoU and pixel accuracy; the test also
+scores as Kaggle does, at each photo's own size against its original mask file (`dice_full`,
+`iou_full`). `--tta hflip` averages the probabilities of each image and its mirror image.
 """
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from trainer import TrainerBase
-from utils.metrics import binary_masks, segmentation_metrics, segmentation_stats
+from utils.metrics import binary_masks, dice_iou_per_image, segmentation_metrics, segmentation_stats
 from utils.options import add_flag, positive_int, ratio, unit_interval
 
 
@@ -55,6 +58,9 @@ class SegOnCarvanaTrainer(TrainerBase):
         model.add_argument("--loss", choices=sorted(LOSSES), default="bce_dice", help="loss function")
         model.add_argument("--threshold", type=unit_interval, default=0.5, help="probability above which a pixel is car")
         model.add_argument("--n_viz", type=positive_int, default=4, help="validation images shown in TensorBoard")
+        model.add_argument("--tta", choices=("none", "hflip"), default="none",
+                           help="test-time augmentation when evaluating: hflip averages the probabilities of "
+                                "each image and of its mirror image")
 
     def split_ratios(self):
         return {**super().split_ratios(), "test": self.args.test_ratio}
@@ -67,8 +73,8 @@ class SegOnCarvanaTrainer(TrainerBase):
         return build_loss(self.args.loss)
 
     def prepare_batch(self, batch, train, generator):
-        if isinstance(batch, torch.Tensor):  # images without masks, to predict
-            return batch.float().div_(255)
+        if isinstance(batch, dict):  # images without masks, to predict (data/carvana.py: CarvanaImages)
+            return {"images": batch["image"].float().div_(255), "readable": batch["readable"]}
         images, masks = batch
         images = images.float().div_(255)
         if train and self.args.augment:
@@ -91,16 +97,52 @@ class SegOnCarvanaTrainer(TrainerBase):
 
     def forward_batch(self, model, batch):
         images, masks = batch
+        if not model.training and self.args.tta != "none":
+            logits = self.predict_batch(model, images)
+            return self.loss_fn(logits, masks), logits
         logits = model(images)
         if isinstance(logits, (list, tuple)):  # UNet++ deep supervision: every head learns
             return sum(self.loss_fn(head, masks) for head in logits) / len(logits), logits[-1]
         return self.loss_fn(logits, masks), logits
 
+    def predict_batch(self, model, images):
+        """Logits of the last head; with --tta hflip, those of the mean probability of each image and
+        its mirror image (mirrored back)."""
+        images = images["images"] if isinstance(images, dict) else images
+        logits = last_head(model(images))
+        if self.args.tta == "hflip":
+            mirrored = last_head(model(images.flip(-1))).flip(-1)
+            if logits.shape[1] == 1:
+                mean = (torch.sigmoid(logits.float()) + torch.sigmoid(mirrored.float())) / 2
+                return torch.logit(mean, eps=1e-7)
+            mean = (torch.softmax(logits.float(), dim=1) + torch.softmax(mirrored.float(), dim=1)) / 2
+            return mean.clamp_min(1e-12).log()
+        return logits
+
+    def sample_stats(self, phase, outputs, indices):
+        """The test as Kaggle scores it: each image's logits upsampled to its photo's size,
+        thresholded, against its original mask file; sums of per-image dice and IoU."""
+        if phase != "test":
+            return {}
+        from data.carvana import load_mask
+        subset = self.datasets[phase]
+        dice_sum = iou_sum = 0.0
+        for row, position in enumerate(indices.tolist()):
+            truth = load_mask(subset.dataset.mask_paths[int(subset.indices[position])]).to(outputs.device) > 0
+            predicted = car_probability(outputs[row:row + 1], truth.shape) > self.args.threshold
+            dice, iou = dice_iou_per_image(predicted, truth.unsqueeze(0))
+            dice_sum, iou_sum = dice_sum + dice.sum(), iou_sum + iou.sum()
+        return {"full_images": len(indices), "full_dice_sum": dice_sum, "full_iou_sum": iou_sum}
+
     def batch_stats(self, batch, outputs):
         return segmentation_stats(outputs.float(), batch[1], self.args.threshold)
 
     def compute_metrics(self, totals):
-        return segmentation_metrics(totals)
+        metrics = segmentation_metrics(totals)
+        if totals.get("full_images"):
+            metrics.update(dice_full=totals["full_dice_sum"] / totals["full_images"],
+                           iou_full=totals["full_iou_sum"] / totals["full_images"])
+        return metrics
 
     def visualize(self, writer, epoch, batch, outputs):
         """Image | true mask | predicted mask, side by side, for the first validation images."""
@@ -110,6 +152,19 @@ class SegOnCarvanaTrainer(TrainerBase):
         truth = (masks[:count] > 0).float()
         rows = torch.cat([images[:count].float(), truth.expand(-1, 3, -1, -1), predicted.expand(-1, 3, -1, -1)], dim=3)
         writer.add_images("val/image_truth_prediction", rows.clamp(0, 1).cpu(), epoch)
+
+
+def last_head(logits):
+    """The final output of a model that may return every head (UNet++ deep supervision)."""
+    return logits[-1] if isinstance(logits, (list, tuple)) else logits
+
+
+def car_probability(logits, size):
+    """Car probability [B, height, width] at `size`, from logits [B, C, h, w] at the model's resolution."""
+    logits = F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return 1 - torch.softmax(logits, dim=1)[:, 0]
 
 
 def shift_with_zeros(tensor, dy, dx):

@@ -367,30 +367,50 @@ class CarvanaDataset(Dataset):
 
 
 class CarvanaImages(Dataset):
-    """Unlabelled images for prediction, such as Kaggle's test folder.
+    """Unlabelled images for prediction, such as Kaggle's test folder (100,064 photos).
 
-    Items are images, uint8 [3, H, W] resized to img_size; `names` and `original_size` let a
-    predictor resize its mask back and name the output after the input file.
+    Every file in `input_dir` is an image (.jpg/.jpeg/.png); hidden files (names starting with a
+    dot) are left out. Another file is an error, or with `skip_bad` a warning through `log` and
+    no row. Items are {"image": uint8 [3, H, W] at img_size, "readable": bool}: an image that
+    cannot be decoded comes as zeros with readable False, for the predictor to report or to give
+    an empty mask. `names` and `original_size` let a predictor resize its mask back and name its
+    row after the file. `start` leaves out the first `start` images (a prediction continued).
     """
 
-    def __init__(self, input_dir, img_size):
+    def __init__(self, input_dir, img_size, skip_bad=False, log=print, start=0):
         self.input_dir = Path(input_dir)
         self.img_size = _checked_img_size(img_size)
         if not self.input_dir.is_dir():
             raise UserError(f"input folder {self.input_dir} does not exist")
-        self.image_paths = _list_images(self.input_dir)
-        if not self.image_paths:
+        files = sorted(path for path in self.input_dir.iterdir() if path.is_file() and not path.name.startswith("."))
+        others = [path for path in files if path.suffix.lower() not in IMAGE_SUFFIXES]
+        if others and not skip_bad:
+            raise UserError(f"{others[0]} is not an image (expected .jpg, .jpeg or .png; {len(others)} such file(s) "
+                            f"in {self.input_dir}); move them out, or pass --skip_bad to leave them out")
+        if others:
+            log(f"warning: left out {len(others)} file(s) that are not images, first {others[0].name}")
+        self.skipped_files = [path.name for path in others]
+        self.all_paths = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
+        if not self.all_paths:
             raise UserError(f"no .jpg/.jpeg/.png images in {self.input_dir}")
+        self.start = start
+        self.image_paths = self.all_paths[start:]
         self.names = [path.name for path in self.image_paths]
 
     def __len__(self):
         return len(self.image_paths)
 
     def __getitem__(self, index):
-        image, _ = _load_image(self.image_paths[index], self.img_size)
-        return image
+        try:
+            image, _ = _load_image(self.image_paths[index], self.img_size)
+            return {"image": image, "readable": True}
+        except UserError:
+            return {"image": torch.zeros(3, *self.img_size, dtype=torch.uint8), "readable": False}
 
     def original_size(self, index):
-        """Return the (height, width) of image `index` before resizing."""
-        width, height = _header_size(self.image_paths[index], "image")
+        """The (height, width) of image `index` before resizing, or None if its header is unreadable."""
+        try:
+            width, height = _header_size(self.image_paths[index], "image")
+        except UserError:
+            return None
         return height, width

@@ -245,13 +245,31 @@ def test_carvana_images_for_prediction(tmp_path):
     folder.mkdir()
     Image.new("RGB", (50, 30), (200, 10, 10)).save(folder / "b_01.jpg")
     Image.new("RGB", (20, 10), (10, 200, 10)).save(folder / "a_01.png")
-    (folder / "notes.txt").write_text("not an image")
+    (folder / ".DS_Store").write_text("hidden files are left out")
     images = CarvanaImages(folder, img_size=(8, 12))
     assert images.names == ["a_01.png", "b_01.jpg"]
-    image = images[1]
-    assert image.dtype == torch.uint8 and image.shape == (3, 8, 12)
+    item = images[1]
+    assert item["readable"] and item["image"].dtype == torch.uint8 and item["image"].shape == (3, 8, 12)
     assert images.original_size(1) == (30, 50)
     assert images.original_size(0) == (10, 20)
+    assert CarvanaImages(folder, img_size=(8, 12), start=1).names == ["b_01.jpg"]
+
+
+def test_carvana_images_report_other_files_and_undecodable_images(tmp_path):
+    folder = tmp_path / "test"
+    folder.mkdir()
+    Image.new("RGB", (20, 10)).save(folder / "a_01.jpg")
+    (folder / "b_01.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    (folder / "notes.txt").write_text("not an image")
+    with pytest.raises(UserError, match="notes.txt is not an image"):
+        CarvanaImages(folder, img_size=(8, 12))
+    messages = []
+    images = CarvanaImages(folder, img_size=(8, 12), skip_bad=True, log=messages.append)
+    assert images.names == ["a_01.jpg", "b_01.jpg"] and images.skipped_files == ["notes.txt"]
+    assert any("notes.txt" in message for message in messages)
+    broken = images[1]
+    assert not broken["readable"] and broken["image"].shape == (3, 8, 12) and not broken["image"].any()
+    assert images.original_size(1) is None
 
 
 def test_carvana_images_missing_or_empty_folder(tmp_path):

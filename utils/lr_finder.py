@@ -17,12 +17,41 @@ import torch
 
 from utils import distributed
 from utils.checkpoint import atomic_open
+from utils.errors import UserError
 from utils.optimizer import build_optimizer
 from utils.seed import get_rng_state, set_rng_state
 
 SMOOTHING = 0.98  # the loss curve is an exponential average of the batch losses, bias-corrected
 DIVERGED = 4.0  # the test stops once the smoothed loss exceeds this multiple of its minimum
 FINDER_EPOCH = 1_000_000  # the data order of the test: an epoch number training never reaches
+
+
+def find_lr(trainer):
+    """--lr_find on a set-up `trainer`: the test, its curve and suggestion in the run folder and
+    config.json; with --lr_find_apply the suggestion becomes --lr (a fresh optimizer and schedule,
+    as a run started with it has). Returns whether training follows."""
+    args, run = trainer.args, trainer.run
+    lrs, losses, smoothed, suggestion = range_test(trainer, args.lr_find_min, args.lr_find_max, args.lr_find_steps)
+    if run.writes:
+        write_csv(run.path / "lr_find.csv", lrs, losses, smoothed)
+        write_plot(run.path / "lr_find.png", lrs, smoothed, suggestion)
+    config = run.read_json("config.json") or {}
+    config["lr_find"] = {"lr_min": args.lr_find_min, "lr_max": args.lr_find_max, "steps": len(lrs),
+                         "suggestion": suggestion, "applied": bool(args.lr_find_apply), "lr_before": args.lr}
+    shown = f"{suggestion:.3g}" if suggestion is not None else "none (the loss never fell)"
+    trainer.log.info(f"lr range test over {len(lrs)} steps: suggested lr {shown} (see {run.path / 'lr_find.png'})")
+    if args.lr_find_apply:
+        if suggestion is None:
+            raise UserError(f"--lr_find_apply: the range test found no lr at which the loss falls "
+                            f"(see {run.path / 'lr_find.png'}); give --lr instead")
+        args.lr = config["options"]["lr"] = suggestion
+        trainer.setup_optimization()
+    run.write_json("config.json", config)
+    if not args.lr_find_apply:
+        trainer.write_metrics("lr_find")
+        trainer.log.info(f"to train with it: --lr {suggestion:.3g}, or --lr_find --lr_find_apply" if suggestion
+                         else "no training: --lr_find alone only runs the test")
+    return args.lr_find_apply
 
 
 def range_test(trainer, lr_min, lr_max, steps):

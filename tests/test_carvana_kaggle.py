@@ -1,0 +1,187 @@
+"""Carvana as Kaggle scores it: the test at each photo's own size, test-time flips, and a
+submission that streams, continues after an interruption, and decodes to the scored masks."""
+import csv
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import read_json, train_seg
+from utils.rle import rle_decode
+
+
+@pytest.fixture(scope="module")
+def unet_run(carvana_dir, tmp_path_factory):
+    # Trained below the photos' 48x64, so the full-resolution scores are computed on upsampled masks.
+    return train_seg(carvana_dir, tmp_path_factory.mktemp("seg"), "--n_epoch", "5", "--img_size", "32", "48")
+
+
+def decode_independently(rle, height, width):
+    """Kaggle's RLE read by hand: 1-based starts, row-major, start/length pairs."""
+    flat = np.zeros(height * width, dtype=bool)
+    numbers = [int(number) for number in rle.split()]
+    for start, length in zip(numbers[0::2], numbers[1::2]):
+        flat[start - 1:start - 1 + length] = True
+    return flat.reshape(height, width)
+
+
+def test_full_resolution_dice_against_a_hand_computation(tmp_path):
+    """Logits at 64x137 of a band of rows, upsampled by exactly 20 and 14 to the photo's 1280x1918:
+    the predicted car is rows 320..959 (the logits change sign halfway between low-resolution
+    rows 15 and 16, and 47 and 48), whose dice with the original mask is counted with numpy."""
+    from data.carvana import CarvanaDataset, load_mask
+    from data.loader import Subset
+    from data.synthetic_carvana import write_carvana
+    from trainer_seg_on_carvana import SegOnCarvanaTrainer
+    root = write_carvana(tmp_path / "carvana", n_cars=1, views=1, size=(1280, 1918), seed=3)
+    args, _ = SegOnCarvanaTrainer.parse(["--data_dir", str(root), "--img_size", "64", "137"])
+    trainer = SegOnCarvanaTrainer(args)
+    pool = CarvanaDataset(root, img_size=(64, 137), cache="none")
+    trainer.datasets = {"test": Subset(pool, [0])}
+    logits = torch.full((1, 1, 64, 137), -10.0)
+    logits[:, :, 16:48, :] = 10.0
+    stats = trainer.sample_stats("test", logits, torch.tensor([0]))
+
+    truth = load_mask(pool.mask_paths[0]).numpy().astype(bool)
+    assert truth.shape == (1280, 1918)
+    predicted = np.zeros_like(truth)
+    predicted[320:960, :] = True
+    intersection = (predicted & truth).sum()
+    dice = 2 * intersection / (predicted.sum() + truth.sum())
+    iou = intersection / (predicted | truth).sum()
+    assert stats["full_images"] == 1
+    assert float(stats["full_dice_sum"]) == pytest.approx(dice, abs=1e-12)
+    assert float(stats["full_iou_sum"]) == pytest.approx(iou, abs=1e-12)
+    metrics = trainer.compute_metrics({"images": 1, "dice_sum": 0, "iou_sum": 0, "pixels": 1, "correct_pixels": 1,
+                                       **{name: float(value) for name, value in stats.items()}})
+    assert metrics["dice_full"] == pytest.approx(dice) and metrics["iou_full"] == pytest.approx(iou)
+
+
+def test_the_test_reports_full_resolution_and_the_evaluator_equals_it(unet_run, tmp_path):
+    from eval_seg_on_carvana import SegOnCarvanaEvaluator
+    test = read_json(unet_run / "metrics.json")["test"]
+    assert {"test/dice", "test/dice_full", "test/iou_full"} <= set(test)
+    assert 0.8 < test["test/dice_full"] <= 1 and test["test/dice_full"] != test["test/dice"]
+    assert "val/dice_full" not in read_json(unet_run / "metrics.json")["history"][-1]  # validation stays fast
+    assert SegOnCarvanaEvaluator.main(["--model_path", str(unet_run / "UNet_best_ckpt.pth"),
+                                       "--save_path", str(tmp_path)]) == 0
+    assert read_json(tmp_path / "metrics.json")["metrics"] == test
+
+
+def test_hflip_tta_averages_the_mirror_image(unet_run, tmp_path):
+    from eval_seg_on_carvana import SegOnCarvanaEvaluator
+    checkpoint = str(unet_run / "UNet_best_ckpt.pth")
+    assert SegOnCarvanaEvaluator.main(["--model_path", checkpoint, "--tta", "hflip", "--tag", "tta"]) == 0
+    flipped = read_json(unet_run / "eval" / "test_tta" / "metrics.json")["metrics"]
+    plain = read_json(unet_run / "metrics.json")["test"]
+    assert flipped["test/dice_full"] != plain["test/dice_full"] and flipped["test/dice_full"] > 0.8
+
+    # On a model that is its own mirror image the average changes nothing.
+    from trainer_seg_on_carvana import SegOnCarvanaTrainer
+    args, _ = SegOnCarvanaTrainer.parse(["--tta", "hflip"])
+    trainer = SegOnCarvanaTrainer(args)
+    symmetric = torch.nn.Conv2d(3, 1, 1).eval()
+    images = torch.rand(2, 3, 8, 10)
+    assert torch.allclose(trainer.predict_batch(symmetric, images), symmetric(images), atol=1e-4)
+
+
+def copy_test_images(unet_run, carvana_dir, folder):
+    folder.mkdir()
+    names = read_json(unet_run / "split.json")["test_names"]
+    for name in names:
+        (folder / f"{name}.jpg").write_bytes((carvana_dir / "train" / f"{name}.jpg").read_bytes())
+    return sorted(names)
+
+
+def test_a_submission_decodes_to_the_masks_the_full_resolution_dice_scores(unet_run, carvana_dir, tmp_path):
+    from data.carvana import load_mask
+    from eval_seg_on_carvana import SegOnCarvanaEvaluator
+    names = copy_test_images(unet_run, carvana_dir, tmp_path / "images")
+    submission = tmp_path / "submission.csv.gz"
+    assert SegOnCarvanaEvaluator.main(["--model_path", str(unet_run / "UNet_best_ckpt.pth"), "--input_dir",
+                                       str(tmp_path / "images"), "--submission", str(submission)]) == 0
+    with gzip.open(submission, "rt", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["img", "rle_mask"] and [row[0] for row in rows[1:]] == [f"{name}.jpg" for name in names]
+    dices = []
+    for name, rle in rows[1:]:
+        truth = load_mask(carvana_dir / "train_masks" / name.replace(".jpg", "_mask.gif")).numpy().astype(bool)
+        ours = rle_decode(rle, truth.shape)
+        assert np.array_equal(ours, decode_independently(rle, *truth.shape))
+        dices.append(2 * (ours & truth).sum() / (ours.sum() + truth.sum()))
+    assert float(np.mean(dices)) == pytest.approx(read_json(unet_run / "metrics.json")["test"]["test/dice_full"],
+                                                  abs=1e-12)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_an_interrupted_submission_continues_to_the_same_bytes(unet_run, carvana_dir, tmp_path, suffix, monkeypatch):
+    import eval_seg_on_carvana
+    from eval_seg_on_carvana import SegOnCarvanaEvaluator
+    copy_test_images(unet_run, carvana_dir, tmp_path / "images")
+    base = ["--model_path", str(unet_run / "UNet_best_ckpt.pth"), "--input_dir", str(tmp_path / "images"),
+            "--batch_size", "2", "--eval_batch_size", "2"]
+    whole = tmp_path / f"whole{suffix}"
+    assert SegOnCarvanaEvaluator.main([*base, "--submission", str(whole)]) == 0
+
+    cut = tmp_path / f"cut{suffix}"
+    monkeypatch.setattr(eval_seg_on_carvana.RowWriter, "AHEAD", 1)  # rows reach the file one by one
+    original = eval_seg_on_carvana.RowWriter.write
+    calls = []
+
+    def write_then_stop(self, count):
+        if len(calls) >= 2:
+            return  # the process is gone: nothing more reaches the file
+        original(self, count)
+        calls.append(count)
+        if len(calls) == 2:
+            self.handle.write("half_a_row.jpg,1 2 3")  # killed in the middle of a row
+            self.handle.flush()
+            raise Interrupted
+    eval_seg_on_carvana.RowWriter.write = write_then_stop
+    try:
+        with pytest.raises(Interrupted):
+            SegOnCarvanaEvaluator.main([*base, "--submission", str(cut)])
+    finally:
+        eval_seg_on_carvana.RowWriter.write = original
+    partial = cut.with_name(cut.name + ".partial")
+    assert partial.is_file() and not cut.exists()
+    assert SegOnCarvanaEvaluator.main([*base, "--submission", str(cut)]) == 0
+    assert cut.read_bytes() == whole.read_bytes() and not partial.exists()
+
+
+def test_bad_prediction_input_is_one_line_or_an_empty_row_with_skip_bad(unet_run, carvana_dir, tmp_path, capsys):
+    from eval_seg_on_carvana import SegOnCarvanaEvaluator
+    names = copy_test_images(unet_run, carvana_dir, tmp_path / "images")
+    base = ["--model_path", str(unet_run / "UNet_best_ckpt.pth"), "--input_dir", str(tmp_path / "images")]
+
+    def refused(*extra):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            SegOnCarvanaEvaluator.main([*base, *extra])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert len(error.strip().splitlines()) == 1 and "Traceback" not in error, error
+        return error
+
+    (tmp_path / "images" / "notes.txt").write_text("not an image")
+    assert "notes.txt is not an image" in refused("--submission", str(tmp_path / "a.csv"))
+    (tmp_path / "images" / "notes.txt").unlink()
+    (tmp_path / "images" / "zz_broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    error = refused("--submission", str(tmp_path / "b.csv"))
+    assert "cannot decode image" in error and "zz_broken.jpg" in error and "--skip_bad" in error
+    (tmp_path / "images" / "notes.txt").write_text("not an image")
+    assert SegOnCarvanaEvaluator.main([*base, "--skip_bad", "--submission", str(tmp_path / "c.csv")]) == 0
+    rows = list(csv.reader(open(tmp_path / "c.csv", newline="")))
+    assert [row[0] for row in rows[1:]] == [f"{name}.jpg" for name in names] + ["zz_broken.jpg"]
+    assert rows[-1] == ["zz_broken.jpg", ""]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        SegOnCarvanaEvaluator.main(["--model_path", str(unet_run / "UNet_best_ckpt.pth"), "--input_dir", str(empty)])
+    assert "no .jpg/.jpeg/.png images" in capsys.readouterr().err
