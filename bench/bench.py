@@ -35,6 +35,14 @@ The recipes section runs the toolkit with a per-step cosine schedule and an EMA 
 (RECIPES_ARGV) against the toolkit without them, two processes taking turns as above: the ratio is
 what those recipes cost a training epoch, validation of the averaged weights not included.
 
+The prediction section times Kaggle's submission pipeline (eval_seg_on_carvana.py with
+--input_dir and --submission, in a fresh process) on generated photos of Carvana's size against
+the slowest of its stages measured alone in this process: decoding and resizing (in DataLoader
+workers, with JPEG draft mode), the model, and upsampling, thresholding and RLE encoding; and
+its peak memory on 4x the images against 1x, which shows whether memory grows with the folder.
+Where every stage runs on the same CPU cores, overlapping them cannot beat running them one after
+the other; the row against the stages in sequence shows how close the pipeline comes to that.
+
 The UNet section (skip it with --skip_unet) trains SegOnCarvanaTrainer on generated photos of
 Carvana's size (1918x1280 JPEG + GIF mask pairs) resized to 128x192, in this process, epoch by
 epoch in turns: the toolkit with its memory cache ("toolkit"), the same toolkit decoding every
@@ -70,6 +78,8 @@ LABELS = {"toolkit": "toolkit", "handwritten": "hand-written", "naive": "naive"}
 # Targets for the toolkit against the hand-written loop: row key -> (comparison, bound).
 TARGETS = {
     "train": (">=", 0.95),
+    "pipeline": (">=", 0.85),
+    "flat": ("<=", 1.10),
     "recipes": (">=", 0.97),
     "eval": (">=", 0.90),
     "memory": ("<=", 1.10),
@@ -635,7 +645,116 @@ def unet_section(options, scratch):
     return rows, details
 
 
-SECTIONS = {"vanilla": vanilla_section, "recipes": recipes_section, "unet": unet_section}
+# ---------------------------------------------------------------------------- prediction section
+PREDICT = {"full": {"images": 64, "photo": (1280, 1918), "img_size": (128, 192), "base_width": 16},
+           "quick": {"images": 16, "photo": (320, 480), "img_size": (64, 96), "base_width": 8}}
+PREDICT_CHILD = """
+import resource, sys, time
+sys.path.insert(0, {root!r})
+import eval_seg_on_carvana as module
+original = module.SegOnCarvanaTrainer.evaluate
+def timed(self, phase, *args, **kwargs):  # the streaming pass: decode, model, encode, write
+    start = time.perf_counter()
+    result = original(self, phase, *args, **kwargs)
+    print("PREDICT_SECONDS", time.perf_counter() - start)
+    return result
+module.SegOnCarvanaTrainer.evaluate = timed
+code = module.SegOnCarvanaEvaluator.main({argv!r})
+print("PEAK_RSS_MIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+sys.exit(code)
+"""
+
+
+def predict_child(argv, environment):
+    """The submission pipeline in a fresh process: (seconds of its pass over the images, peak RSS MiB)."""
+    result = subprocess.run([sys.executable, "-c", PREDICT_CHILD.format(root=str(ROOT), argv=[str(a) for a in argv])],
+                            cwd=ROOT, env=environment, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"the prediction pipeline failed:\n{result.stderr[-3000:]}")
+    values = dict(line.split() for line in result.stdout.splitlines() if line.startswith(("PREDICT_", "PEAK_")))
+    return float(values["PREDICT_SECONDS"]), float(values["PEAK_RSS_MIB"])
+
+
+def predict_section(options, scratch):
+    """Kaggle's submission pipeline (eval_seg_on_carvana.py --input_dir --submission) against the
+    slowest of its stages measured alone, and its peak memory at 1x and 4x the images."""
+    import torch
+
+    from data.carvana import CarvanaImages
+    from data.synthetic_carvana import write_carvana
+    from trainer_seg_on_carvana import SegOnCarvanaTrainer, car_probability
+    from utils.rle import rle_encode
+    settings = PREDICT["quick" if options.quick else "full"]
+    count, (height, width), workers = settings["images"], settings["photo"], min(4, os.cpu_count() or 1)
+    root = scratch / "predict"
+    log(f"writing {4 * count} synthetic photos of {width}x{height} to {root}")
+    write_carvana(root / "photos", n_cars=count, views=4, size=(height, width), seed=options.seed)
+    photos = sorted((root / "photos" / "train").glob("*.jpg"))
+    for name, chosen in (("1x", photos[:count]), ("4x", photos)):
+        (root / name).mkdir()
+        for path in chosen:
+            (root / name / path.name).symlink_to(path)
+    small = write_carvana(root / "small", n_cars=4, views=2, size=(64, 96), seed=options.seed)
+    trainer_argv = ["--data_dir", str(small), "--output_dir", str(root / "runs"), "--img_size", *map(str, settings["img_size"]),
+                    "--base_width", str(settings["base_width"]), "--n_epoch", "1", "--val_ratio", "0.25",
+                    "--test_ratio", "0.25", "--gpu_devices", "0" if options.device == "cuda" else "cpu"]
+    assert SegOnCarvanaTrainer.main(trainer_argv) == 0
+    checkpoint = next((root / "runs").glob("*/UNet_best_ckpt.pth"))
+    environment = {**os.environ, **MALLOC_ENV}
+
+    # The stages alone, in this process, on the 1x images.
+    images = CarvanaImages(root / "1x", settings["img_size"])
+    loader = torch.utils.data.DataLoader(images, batch_size=UNET_BATCH, num_workers=workers)
+    start = time.perf_counter()
+    batches = [batch["image"] for batch in loader]
+    decode_seconds = time.perf_counter() - start
+    args, _ = SegOnCarvanaTrainer.parse(trainer_argv)
+    task = SegOnCarvanaTrainer(args)
+    task.setup_runtime()
+    task.setup_model()
+    model, device = task.eval_model.eval(), task.device
+    with torch.inference_mode():
+        model(batches[0].to(device).float().div_(255))  # warm-up
+        synchronize(device)
+        start = time.perf_counter()
+        logits = [model(batch.to(device).float().div_(255)) for batch in batches]
+        synchronize(device)
+        model_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = [pool.submit(rle_encode, mask) for batch in logits
+                       for mask in (car_probability(batch, (height, width)) > 0.5).cpu().numpy()]
+            [future.result() for future in futures]
+        encode_seconds = time.perf_counter() - start
+    stages = {"decode+resize": count / decode_seconds, "model": count / model_seconds,
+              "upsample+threshold+RLE": count / encode_seconds}
+    slowest = min(stages, key=stages.get)
+
+    runs = {}
+    for name in ("1x", "4x"):
+        argv = ["--model_path", checkpoint, "--input_dir", root / name, "--submission", root / f"{name}.csv.gz",
+                "--num_workers", workers, "--eval_batch_size", UNET_BATCH]
+        runs[name] = predict_child(argv, environment)
+    pipeline = count / runs["1x"][0]
+    rows = [make_row("predict", "stage", f"stage alone, images/s: {name}", {"toolkit": [rate]}, "higher", compare=False)
+            for name, rate in stages.items()]
+    row = make_row("predict", "pipeline", f"submission images/s vs slowest stage ({slowest})",
+                   {"toolkit": [pipeline], "handwritten": [stages[slowest]]}, "higher")
+    serial = 1 / sum(1 / rate for rate in stages.values())  # one stage after the other, nothing overlapped
+    in_turn = make_row("predict", "serial", "submission images/s vs the stages one after the other",
+                       {"toolkit": [pipeline], "handwritten": [serial]}, "higher")
+    memory = make_row("predict", "flat", f"peak RSS MiB, {4 * count} vs {count} images",
+                      {"toolkit": [runs["4x"][1]], "handwritten": [runs["1x"][1]]}, "lower")
+    details = {"train_samples": {}, "eval_samples": {}, "setup": (
+        f"UNet base {settings['base_width']} at {settings['img_size'][0]}x{settings['img_size'][1]}, photos "
+        f"{width}x{height}, {count} and {4 * count} images, {workers} decoding workers, batch {UNET_BATCH}; "
+        "toolkit column = the submission pipeline, hand-written column = the slowest stage alone "
+        "(pipeline row) or the pipeline on 1x the images (memory row)")}
+    return [*rows, row, in_turn, memory], details
+
+
+SECTIONS = {"vanilla": vanilla_section, "recipes": recipes_section, "unet": unet_section, "predict": predict_section}
 
 
 # ---------------------------------------------------------------------------- report
