@@ -9,7 +9,9 @@ Each evaluation writes its own folder, `<run>/eval/<split>[_<tag>]`: evaluating 
 `val` keeps both, and evaluating the same split again replaces its folder as a whole, only once
 the new evaluation has finished (an explicit --save_path is written into as it is).
 It runs the task's own `evaluate()` (task.py), the loop the trainer tests with, so its numbers
-equal the test metrics the trainer wrote for the same checkpoint. Hooks a task evaluator may
+equal the test metrics the trainer wrote for the same checkpoint and weights. A checkpoint with
+EMA weights (--ema_decay) is evaluated with them unless --weights raw is given; the trainer
+tested them only if its monitor was on them (val_ema/...). Hooks a task evaluator may
 override:
 
     add_eval_arguments(parser)    classmethod: the evaluator's own options
@@ -83,6 +85,9 @@ class EvaluatorBase:
         return run_cli(run, argv)
 
     def __init__(self, argv):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("the evaluator runs in one process: start it with python, not torchrun "
+                            "(its output files have one writer)")
         parser = self.build_parser()
         argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
         args = parser.parse_args(argv)

@@ -10,6 +10,7 @@ Test mode writes metrics.json (mean dice, IoU, pixel accuracy, and dice and IoU 
 Prediction mode (--input_dir) writes the Kaggle CSV (img,rle_mask) at each image's original size.
 """
 import gzip
+import json
 import os
 import shutil
 import sys
@@ -22,7 +23,7 @@ import numpy as np
 
 from eval import EvaluatorBase
 from trainer_seg_on_carvana import SegOnCarvanaTrainer, car_probability
-from utils.checkpoint import atomic_open
+from utils.checkpoint import atomic_open, write_json_atomic
 from utils.errors import UserError
 from utils.metrics import dice_iou_per_image
 from utils.rle import rle_encode
@@ -119,7 +120,8 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
             raise UserError(f"cannot create the output folder for {submission}: {error.strerror or error}") from None
         partial = submission.with_name(submission.name + ".partial")
         listing = CarvanaImages(args.input_dir, args.img_size, skip_bad=args.skip_bad, log=self.log.warning)
-        done = continued_rows(partial, [path.name for path in listing.all_paths])
+        made_by = self.made_by()
+        done = continued_rows(partial, [path.name for path in listing.all_paths], made_by)
         images = CarvanaImages(args.input_dir, args.img_size, skip_bad=True, log=lambda message: None, start=done)
         if done:
             self.log.info(f"continuing {partial}: {done} of {len(listing.all_paths)} images are done")
@@ -156,6 +158,13 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
             self.log.warning(f"{len(unreadable)} image(s) could not be decoded and got an empty mask, first {unreadable[0]}")
         self.log.info(f"wrote {len(listing.all_paths)} masks to {submission.name}")
         return {"images": len(listing.all_paths), "unreadable": unreadable, "skipped_files": listing.skipped_files}
+
+    def made_by(self):
+        """What decides a submission's masks: a partial one continues only if this is unchanged."""
+        stat = self.checkpoint_path.stat()
+        return {"checkpoint": str(self.checkpoint_path.resolve()), "checkpoint_size": stat.st_size,
+                "checkpoint_mtime_ns": stat.st_mtime_ns, "weights": self.weights, "img_size": list(self.args.img_size),
+                "threshold": self.args.threshold, "tta": self.args.tta, "input_dir": str(self.args.input_dir.resolve())}
 
     def write_viz(self, logits, samples, sizes, images):
         for row, (sample, size) in enumerate(zip(samples, sizes)):
@@ -210,11 +219,19 @@ def groups_by_size(sizes):
     return groups.items()
 
 
-def continued_rows(partial, names):
+def continued_rows(partial, names, made_by):
     """How many images a partial submission holds complete rows for, after cutting off a row an
-    interruption left half-written. Its rows must be those of the first `names`."""
+    interruption left half-written. Its rows must be those of the first `names`, and its masks
+    made as `made_by` says (recorded beside it, in <partial>.json)."""
+    record = partial.with_name(partial.name + ".json")
     if not partial.is_file():
+        write_json_atomic(made_by, record)
         return 0
+    recorded = json.loads(record.read_text()) if record.is_file() else None
+    if recorded != made_by:
+        changed = sorted(key for key in made_by if (recorded or {}).get(key) != made_by[key])
+        raise UserError(f"{partial} was started with another {', '.join(changed)}; continue it with the same "
+                        "checkpoint and options, or delete it to start over")
     text = partial.read_text()
     complete = text[:text.rfind("\n") + 1]
     lines = complete.splitlines()
@@ -241,6 +258,7 @@ def finish_submission(partial, submission):
         partial.unlink()
     else:
         os.replace(partial, submission)
+    partial.with_name(partial.name + ".json").unlink(missing_ok=True)
 
 
 def load_original(path):

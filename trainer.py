@@ -164,6 +164,7 @@ class TrainerBase(TaskBase):
         schedule.set_position(epoch, progress.global_step)
         self.train_model.train()
         group, interval = [], []  # statistics of the step in progress; losses since the last log line
+        finite = False  # whether any micro-batch of the step in progress had a finite loss
         bar = self.progress_bar(loader, "train", initial=index)
         for _, batch in bar:
             batch = self.prepare_batch(self.to_device(batch), True, self.batch_generator(epoch, index))
@@ -179,14 +180,15 @@ class TrainerBase(TaskBase):
                     self.optimization.backward(loss * share if share != 1 else loss)
                     group.append(self.stats_with_loss(batch, outputs, loss))
                     interval.append(loss.detach())
+                    finite = True
                 else:  # a zero gradient, so that DDP's gradient sync still happens on every rank
                     self.optimization.backward(sum(p.sum() for p in self.model.parameters()) * 0.0)
             index += 1
             if index == group_end:
                 lr = self.optimization.lr
-                self.optimizer_step()
+                self.optimizer_step(apply=finite)
                 progress.step_done(index, group)
-                group = []
+                group, finite = [], False
                 if schedule.per_step:
                     schedule.set_position(epoch, progress.global_step)
                     if self.writer is not None:
@@ -200,6 +202,9 @@ class TrainerBase(TaskBase):
 
     def validate(self):
         """Validation metrics and statistics; with --ema_decay, the EMA weights' metrics (`val_ema/...`) too."""
+        distributed.broadcast_buffers(self.model)  # every rank validates what rank 0 saves
+        if self.ema is not None:
+            distributed.broadcast_buffers(self.ema.module)
         metrics, totals = self.evaluate("val", on_batch=self.visualize_first_batch)
         if self.ema is not None:
             metrics = {**metrics, **self.evaluate("val", model=self.ema.module, name="val_ema")[0]}
@@ -406,11 +411,16 @@ class TrainerBase(TaskBase):
                          f"({self.progress.nonfinite_batches} so far)")
         return False
 
-    def optimizer_step(self):
+    def optimizer_step(self, apply=True):
+        """The step of the accumulated gradients; not `apply`: every batch of the group was skipped
+        (--skip_nonfinite), and the gradients go without a step (momentum would still move the weights)."""
         self.in_update = True
-        if not self.optimization.step():
+        if not apply:
+            self.optimization.optimizer.zero_grad(set_to_none=True)
             self.progress.skipped_steps += 1
-        if self.ema is not None:
+        elif not self.optimization.step():
+            self.progress.skipped_steps += 1
+        elif self.ema is not None:
             self.ema.update(self.model)
         self.in_update = False
 

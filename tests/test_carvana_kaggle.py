@@ -154,6 +154,41 @@ def test_an_interrupted_submission_continues_to_the_same_bytes(unet_run, carvana
     assert cut.read_bytes() == whole.read_bytes() and not partial.exists()
 
 
+def test_a_submission_continues_only_with_the_same_checkpoint_and_options(unet_run, carvana_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    import eval_seg_on_carvana
+    from eval_seg_on_carvana import SegOnCarvanaEvaluator
+    copy_test_images(unet_run, carvana_dir, tmp_path / "images")
+    submission = tmp_path / "sub.csv"
+    base = ["--model_path", str(unet_run / "UNet_best_ckpt.pth"), "--input_dir", str(tmp_path / "images"),
+            "--submission", str(submission)]
+    monkeypatch.setattr(eval_seg_on_carvana.RowWriter, "AHEAD", 1)
+    original = eval_seg_on_carvana.RowWriter.write
+
+    def write_once_then_stop(self, count):
+        original(self, count)
+        raise Interrupted
+    monkeypatch.setattr(eval_seg_on_carvana.RowWriter, "write", write_once_then_stop)
+    with pytest.raises(Interrupted):
+        SegOnCarvanaEvaluator.main(base)
+    monkeypatch.setattr(eval_seg_on_carvana.RowWriter, "write", original)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        SegOnCarvanaEvaluator.main([*base, "--threshold", "0.9"])
+    error = capsys.readouterr().err
+    assert "was started with another threshold" in error and "delete it to start over" in error
+    assert SegOnCarvanaEvaluator.main(base) == 0
+    assert submission.is_file() and not (tmp_path / "sub.csv.partial.json").exists()
+
+
+def test_the_evaluator_refuses_torchrun(unet_run, monkeypatch, capsys):
+    from eval_seg_on_carvana import SegOnCarvanaEvaluator
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit):
+        SegOnCarvanaEvaluator.main(["--model_path", str(unet_run / "UNet_best_ckpt.pth")])
+    assert "runs in one process" in capsys.readouterr().err
+
+
 def test_bad_prediction_input_is_one_line_or_an_empty_row_with_skip_bad(unet_run, carvana_dir, tmp_path, capsys):
     from eval_seg_on_carvana import SegOnCarvanaEvaluator
     names = copy_test_images(unet_run, carvana_dir, tmp_path / "images")

@@ -95,7 +95,7 @@ def _summed(stats):
     return sums.reduced()
 
 
-def test_segmentation_stats_multi_class_uses_argmax_foreground():
+def test_segmentation_stats_multi_class_counts_every_foreground_class():
     target = torch.tensor([[[0, 2], [1, 0]]])          # classes 1 and 2 are both foreground
     logits = torch.zeros(1, 3, 2, 2)
     logits[0, 0] = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
@@ -106,3 +106,13 @@ def test_segmentation_stats_multi_class_uses_argmax_foreground():
     assert stats["dice_sum"].item() == pytest.approx(2 * 2 / 5)
     assert stats["iou_sum"].item() == pytest.approx(2 / 3)
     assert stats["correct_pixels"].item() == 3
+
+
+def test_a_multi_class_mask_is_one_minus_the_background_probability_above_the_threshold():
+    """The rule of the metrics at --img_size, of the full-resolution test, of the pictures and of
+    the submission: a pixel whose classes are (0.4, 0.3, 0.3) is car, though no class beats 0.4."""
+    from trainer_seg_on_carvana import car_probability
+    from utils.metrics import binary_masks
+    logits = torch.log(torch.tensor([0.4, 0.3, 0.3])).view(1, 3, 1, 1).expand(1, 3, 2, 2).contiguous()
+    assert binary_masks(logits, 0.5).all() and not binary_masks(logits, 0.7).any()
+    assert torch.equal(binary_masks(logits, 0.5), car_probability(logits, (2, 2)) > 0.5)

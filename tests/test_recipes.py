@@ -191,6 +191,33 @@ def test_the_lr_finder_leaves_the_run_as_without_it_and_its_suggestion_trains(fa
     assert not list(alone.glob("*.pth")) and (alone / "lr_find.png").is_file()
 
 
+def test_a_signal_during_the_lr_range_test_stops_before_training(fashion_dir, tmp_path):
+    class Interrupted(VanillaTrainer):
+        calls = 0
+
+        def forward_batch(self, model, batch):
+            Interrupted.calls += 1
+            if Interrupted.calls == 5:
+                self.stop.signum = signal.SIGTERM
+            return super().forward_batch(model, batch)
+    Interrupted.__name__ = "VanillaTrainer"
+    with pytest.raises(SystemExit) as exit_info:
+        train_vanilla(fashion_dir, tmp_path, *FLAGS, "--lr_find", "--lr_find_apply", trainer_class=Interrupted)
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert Interrupted.calls < 10  # within a step, not after the whole test
+    run = run_dirs(tmp_path)[0]
+    assert not list(run.glob("*.pth"))  # nothing trained, nothing to resume
+    assert "during the lr range test" in (run / "log.txt").read_text()
+
+
+def test_an_applied_suggestion_must_pass_the_schedule_checks(fashion_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_vanilla(fashion_dir, tmp_path, *FLAGS, "--lr", "1.0", "--min_lr", "0.5", "--lr_scheduler", "cosine",
+                      "--lr_find", "--lr_find_apply", "--lr_find_steps", "60")
+    assert exit_info.value.code == 2
+    assert "--min_lr 0.5 is not below --lr" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--lr_scheduler", "plateau", "--lr_interval", "step"], "plateau decays on a per-epoch metric"),
     (["--lr_scheduler", "step", "--warmup_steps", "3"], "--warmup_steps 3 with a per-epoch schedule"),

@@ -214,6 +214,27 @@ def test_skip_nonfinite_counts_the_skipped_batches(fashion_dir, tmp_path):
     assert metrics["test"]["test/accuracy"] > 0.3  # chance is 0.1
 
 
+def test_a_skipped_batch_leaves_the_weights_and_the_optimizer_alone(fashion_dir, tmp_path):
+    """Adam's momentum would move the weights on a zero gradient: a step whose every batch was
+    skipped must not be taken at all."""
+    class SpikyAt(VanillaTrainer):
+        def forward_batch(self, model, batch):
+            loss, outputs = super().forward_batch(model, batch)
+            return (loss * float("nan") if self.progress.global_step == 3 else loss), outputs
+
+        def after_step(self):
+            if self.progress.global_step in (3, 4):
+                saved[self.progress.global_step] = {key: value.clone() for key, value in self.model.state_dict().items()}
+            super().after_step()
+    saved = {}
+    SpikyAt.__name__ = "VanillaTrainer"
+    run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--n_epoch", "1", "--skip_nonfinite", "--dropout", "0",
+                        trainer_class=SpikyAt)
+    assert all(torch.equal(saved[3][key], saved[4][key]) for key in saved[3])  # step 4 was the NaN batch
+    metrics = read_json(run / "metrics.json")
+    assert metrics["nonfinite_batches"] == 1 and metrics["skipped_steps"] == 1
+
+
 def test_an_exception_saves_the_last_completed_step_and_propagates(fashion_dir, tmp_path):
     class Crashing(VanillaTrainer):
         def forward_batch(self, model, batch):

@@ -262,3 +262,40 @@ def test_ranks_draw_different_augmentations(fashion_dir):
     assert not torch.equal(draws[0], draws[1])
     trainer.rank = 0
     assert torch.equal(draws[0], torch.rand(4, generator=trainer.batch_generator(epoch=0, index=0)))
+
+
+BUFFERS_SCRIPT = """
+import sys
+import torch
+sys.path.insert(0, {root!r})
+from trainer_seg_on_carvana import SegOnCarvanaTrainer
+
+
+class Recording(SegOnCarvanaTrainer):
+    def evaluate(self, phase, *args, **kwargs):
+        if phase == "val":
+            models = {{"model": self.model, "ema": self.ema.module}}
+            torch.save({{name: {{key: value.clone() for key, value in model.state_dict().items() if "running" in key}}
+                        for name, model in models.items()}}, {folder!r} + f"/rank{{self.rank}}.pt")
+        return super().evaluate(phase, *args, **kwargs)
+
+
+Recording.__name__ = "SegOnCarvanaTrainer"
+sys.exit(Recording.main())
+"""
+
+
+def test_ddp_validates_the_batchnorm_statistics_rank_0_saves(carvana_dir, tmp_path):
+    """After training, each rank's BatchNorm statistics are its own; validation (of the model and of
+    its EMA) must use rank 0's, the ones the checkpoint keeps, on every rank."""
+    script = tmp_path / "recording.py"
+    script.write_text(BUFFERS_SCRIPT.format(root=str(ROOT), folder=str(tmp_path)))
+    result = torchrun(2, script, "--data_dir", carvana_dir, "--output_dir", tmp_path / "runs", "--img_size", "32", "48",
+                      "--depth", "2", "--base_width", "4", "--batch_size", "4", "--n_epoch", "1", "--ema_decay", "0.9",
+                      "--val_ratio", "0.2", "--test_ratio", "0.2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    for name in ("model", "ema"):
+        assert ranks[0][name] and all(torch.equal(ranks[0][name][key], ranks[1][name][key]) for key in ranks[0][name])
+    saved = load_plain(run_dirs(tmp_path / "runs")[0] / "UNet_last_ckpt.pth")
+    assert all(torch.equal(saved["model"][key], ranks[0]["model"][key]) for key in ranks[0]["model"])

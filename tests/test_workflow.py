@@ -87,6 +87,10 @@ def test_a_bad_config_file_is_one_line_naming_the_file_and_the_option(tmp_path, 
         assert text in stderr, stderr
 
 
+def test_config_without_a_file_is_one_line(capsys):
+    assert "--config" in refused(VanillaTrainer.main, ["--config"], capsys)
+
+
 def test_config_files_of_other_kinds_missing_or_with_resume_are_refused(fashion_dir, tmp_path, capsys):
     (tmp_path / "exp.toml").write_text("lr = 1\n")
     assert "expected a .json, .yaml or .yml file" in refused(VanillaTrainer.main, ["--config", tmp_path / "exp.toml"],

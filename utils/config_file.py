@@ -19,8 +19,9 @@ NOT_IN_FILES = ("config", "print_config")  # options about the file itself
 
 def config_file_in(argv):
     """The --config path in `argv`, read before the full parse so the file can set its defaults."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--config", type=Path, default=None)
+    from utils.options import Parser
+    parser = Parser(add_help=False)
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE")
     known, _ = parser.parse_known_args(argv)
     return known.config
 

@@ -64,6 +64,14 @@ def any_rank(flag, device):
     return bool(value.item())
 
 
+def broadcast_buffers(module, src=0):
+    """Rank `src`'s buffers (BatchNorm statistics) in `module` on every rank. DDP sends them at the
+    start of each training forward; after the last one each rank has updated its own."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=src)
+
+
 def barrier():
     if is_distributed():
         dist.barrier()

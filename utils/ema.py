@@ -8,7 +8,8 @@ After update t (counted from 0), each float32 average w becomes d_t * w + (1 - d
 model's parameter p, with d_t = min(decay, (1 + t) / (10 + t)) under warm-up (so the first
 averages are not dominated by the random initialisation) and d_t = decay without it. Buffers
 (BatchNorm statistics) are copied, not averaged. Under DDP every rank holds the same parameters
-after a step, so every rank computes the same average.
+after a step, so every rank computes the same average; the buffers each rank copies are its own
+until the trainer sends rank 0's to all before validating.
 """
 import copy
 

@@ -12,11 +12,13 @@ and the random state back as they were, so the run that follows is the run witho
 import copy
 import csv
 import math
+import signal
 
 import torch
 
 from utils import distributed
 from utils.checkpoint import atomic_open
+from utils.arguments import check_schedule
 from utils.errors import UserError
 from utils.optimizer import build_optimizer
 from utils.seed import get_rng_state, set_rng_state
@@ -45,6 +47,7 @@ def find_lr(trainer):
             raise UserError(f"--lr_find_apply: the range test found no lr at which the loss falls "
                             f"(see {run.path / 'lr_find.png'}); give --lr instead")
         args.lr = config["options"]["lr"] = suggestion
+        check_schedule(args)  # --min_lr, say, must still be below the lr
         trainer.setup_optimization()
     run.write_json("config.json", config)
     if not args.lr_find_apply:
@@ -61,7 +64,7 @@ def range_test(trainer, lr_min, lr_max, steps):
     optimizer = build_optimizer(list(model.parameters()), args.optim, lr_min, args.weight_decay, args.momentum)
     scaler = torch.amp.GradScaler(trainer.device.type, enabled=args.amp and args.amp_dtype == "fp16")
     growth = (lr_max / lr_min) ** (1 / max(1, steps - 1))
-    lrs, losses, smoothed, average, best = [], [], [], 0.0, math.inf
+    lrs, losses, smoothed, average, best, stopped = [], [], [], 0.0, math.inf, None
     loader = trainer.loaders["train"]
     trainer.train_model.train()
     try:
@@ -86,13 +89,23 @@ def range_test(trainer, lr_min, lr_max, steps):
                 losses.append(value)
                 smoothed.append(average / (1 - SMOOTHING ** (step + 1)))
                 best = min(best, smoothed[-1])
+                if distributed.any_rank(trainer.stop.requested, trainer.device):
+                    stopped = trainer.stop.signum or signal.SIGTERM
+                    break
                 if len(lrs) == steps or not math.isfinite(smoothed[-1]) or smoothed[-1] > DIVERGED * best:
                     return lrs, losses, smoothed, suggest(lrs, smoothed)
+            if stopped:
+                break
     finally:
         model.load_state_dict(saved_weights)
         for parameter in model.parameters():
             parameter.grad = None
         set_rng_state(saved_rng)
+    if stopped:
+        # Nothing was trained yet: no state to save, and a resume would train without the suggestion.
+        trainer.log.warning(f"{signal.Signals(stopped).name} during the lr range test: stopped before training; "
+                            "start the run again")
+        raise SystemExit(128 + stopped)
     return lrs, losses, smoothed, suggest(lrs, smoothed)
 
 

@@ -37,10 +37,11 @@ def per_class_accuracy(confusion):
 
 
 def binary_masks(logits, threshold=0.5):
-    """Predicted masks from logits: sigmoid > threshold for one channel, argmax > 0 otherwise."""
+    """Predicted masks from logits: the probability of the foreground above `threshold`, that is
+    sigmoid for one channel, 1 - softmax of channel 0 (the background) for several."""
     if logits.shape[1] == 1:
         return torch.sigmoid(logits[:, 0]) > threshold
-    return logits.argmax(dim=1) > 0
+    return 1 - torch.softmax(logits, dim=1)[:, 0] > threshold
 
 
 def dice_iou_per_image(predicted, target):

@@ -20,7 +20,7 @@ class TrainingProgress:
         self.epoch = 0
         self.batches_done = 0
         self.global_step = 0  # optimizer steps
-        self.skipped_steps = 0  # fp16 steps the grad scaler skipped for inf/NaN gradients
+        self.skipped_steps = 0  # steps not taken: inf/NaN gradients (fp16), or every batch skipped
         self.nonfinite_batches = 0  # batches skipped with --skip_nonfinite
         self.history = []  # one record per completed epoch
         self.epoch_sums = MetricSums()
