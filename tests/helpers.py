@@ -1,5 +1,6 @@
 """Shared test helpers: paths, in-process training runs and readers for what a run writes."""
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -52,3 +53,16 @@ def train_seg(data_dir, output_dir, *extra):
     argv = ["--data_dir", str(data_dir), "--output_dir", str(output_dir), *SEG_QUICK, *map(str, extra)]
     assert SegOnCarvanaTrainer.main(argv) == 0
     return run_dirs(output_dir)[-1]
+
+
+def stopping_at(step):
+    """A vanilla trainer that receives SIGINT just before optimizer step `step` completes."""
+    from trainer_vanilla import VanillaTrainer
+
+    class Stopping(VanillaTrainer):
+        def after_step(self):
+            if self.progress.global_step == step and not self.stop.requested:
+                self.stop.signum = signal.SIGINT
+            super().after_step()
+    Stopping.__name__ = "VanillaTrainer"  # the checkpoint names the task it belongs to
+    return Stopping

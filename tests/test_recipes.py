@@ -6,24 +6,13 @@ import signal
 import pytest
 import torch
 
-from helpers import load_plain, read_json, run_dirs, train_vanilla
+from helpers import load_plain, read_json, run_dirs, stopping_at, train_vanilla
 from trainer_vanilla import VanillaTrainer
 
 # 540 training samples, batch 32: 17 batches an epoch; with --accum_steps 2, 9 optimizer steps.
 FLAGS = ["--n_epoch", "3", "--dropout", "0.2", "--train_val_sample_rate", "0.4", "--test_sample_rate", "0.25"]
 RECIPE = [*FLAGS, "--lr_scheduler", "cosine", "--warmup_steps", "5", "--min_lr", "1e-5", "--accum_steps", "2",
           "--ema_decay", "0.9", "--save_top_k", "2", "--lr", "0.003"]
-
-
-def stopping_at(step):
-    """A trainer that receives SIGINT just before optimizer step `step` completes."""
-    class Stopping(VanillaTrainer):
-        def after_step(self):
-            if self.progress.global_step == step and not self.stop.requested:
-                self.stop.signum = signal.SIGINT
-            super().after_step()
-    Stopping.__name__ = "VanillaTrainer"  # the checkpoint names the task it belongs to
-    return Stopping
 
 
 def step_lrs(run):

@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from helpers import ROOT, load_plain, metric_history, python_command, read_json, run_dirs, train_vanilla
+from helpers import (ROOT, load_plain, metric_history, python_command, read_json, run_dirs, stopping_at,
+                     train_vanilla)
 from trainer_vanilla import VanillaTrainer
 
 # Dropout on, so that the random state has to be restored too.
@@ -34,17 +35,6 @@ def assert_same_results(run_a, run_b):
 @pytest.fixture(scope="module")
 def uninterrupted(fashion_dir, tmp_path_factory):
     return train_vanilla(fashion_dir, tmp_path_factory.mktemp("full"), *FLAGS)
-
-
-def stopping_at(step):
-    """A trainer that receives SIGINT just before optimizer step `step` completes."""
-    class Stopping(VanillaTrainer):
-        def after_step(self):
-            if self.progress.global_step == step and not self.stop.requested:
-                self.stop.signum = signal.SIGINT
-            super().after_step()
-    Stopping.__name__ = "VanillaTrainer"  # the checkpoint names the task it belongs to
-    return Stopping
 
 
 def resume(run_dir, *extra):
