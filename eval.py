@@ -171,7 +171,8 @@ class EvaluatorBase:
         self.finish()
         for name, value in metrics.items():
             print(f"{name}: {value:.6f}")
-        summary = {"checkpoint": str(self.checkpoint_path), "epoch": self.checkpoint.get("best_epoch"),
+        summary = {"checkpoint": str(self.checkpoint_path), "epoch": self.checkpoint.get("epoch"),
+                   "best_epoch": self.checkpoint.get("best_epoch"),
                    "split": phase, "tag": self.args.tag, "weights": self.weights,
                    "samples": len(self.trainer.datasets[phase]),
                    "metrics": metrics, **self.results()}

@@ -113,6 +113,9 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         from data.carvana import CarvanaImages
         args = self.args
         submission = Path(args.submission) if args.submission else self.save_path / "submission.csv"
+        if submission.is_dir():
+            raise UserError(f"--submission {submission} is a folder; expected the CSV file to write, "
+                            f"such as {submission / 'submission.csv.gz'}")
         self.setup(data=False)
         try:
             submission.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +135,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         with open(partial, "a", newline="") as handle, RowWriter(handle, bar) as rows:
             if not started:
                 handle.write("img,rle_mask\n")
+                started = True
 
             def encode(batch, logits, indices):
                 samples, readable = indices.tolist(), batch["readable"].tolist()
@@ -151,7 +155,8 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
                 if args.viz:
                     self.write_viz(logits, samples, sizes, images)
 
-            self.trainer.evaluate("predict", on_batch=encode, loader=self.trainer.make_loader(images))
+            if len(images):  # all rows may be there already, from an interruption just before the end
+                self.trainer.evaluate("predict", on_batch=encode, loader=self.trainer.make_loader(images))
         bar.close()
         finish_submission(partial, submission)
         if unreadable:
@@ -164,7 +169,8 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         stat = self.checkpoint_path.stat()
         return {"checkpoint": str(self.checkpoint_path.resolve()), "checkpoint_size": stat.st_size,
                 "checkpoint_mtime_ns": stat.st_mtime_ns, "weights": self.weights, "img_size": list(self.args.img_size),
-                "threshold": self.args.threshold, "tta": self.args.tta, "input_dir": str(self.args.input_dir.resolve())}
+                "threshold": self.args.threshold, "tta": self.args.tta, "input_dir": str(self.args.input_dir.resolve()),
+                "amp": self.args.amp and self.args.amp_dtype, "channels_last": self.args.channels_last}
 
     def write_viz(self, logits, samples, sizes, images):
         for row, (sample, size) in enumerate(zip(samples, sizes)):
@@ -251,7 +257,7 @@ def continued_rows(partial, names, made_by):
 
 def finish_submission(partial, submission):
     """Move the complete CSV into place atomically; gzipped (reproducibly: no name, no time) for .gz."""
-    if submission.suffix == ".gz":
+    if submission.suffix.lower() == ".gz":
         with atomic_open(submission, "wb") as handle, open(partial, "rb") as source, \
                 gzip.GzipFile(filename="", mode="wb", fileobj=handle, mtime=0) as packed:
             shutil.copyfileobj(source, packed)

@@ -27,6 +27,7 @@ training, and EvaluatorBase (eval.py) evaluates a saved checkpoint with the same
 
 `evaluate()` is the one evaluation loop: validation, the test, the evaluator and prediction.
 """
+import math
 import signal
 from contextlib import nullcontext
 
@@ -116,7 +117,7 @@ class TaskBase:
         `on_batch(batch, outputs, indices)` sees every batch, `indices` being the rows' positions in
         the evaluated dataset. Returns (metrics named `<name>/<metric>`, `name` defaulting to the
         phase; summed statistics reduced over every rank)."""
-        loader = loader or self.loaders[phase]
+        loader = loader if loader is not None else self.loaders[phase]
         loader.sampler.set_epoch(0)
         model = model or self.eval_model
         model.eval()
@@ -214,18 +215,26 @@ class TaskBase:
 
     def debug_subsets(self, indices):
         """The samples of each phase for a debug run: the first --fast_dev_run batches of each, or, with
-        --overfit_batches, the first training batches for both training and validation."""
-        args, processes = self.args, self.world_size
-        eval_batch = args.eval_batch_size or args.batch_size
+        --overfit_batches, the first training batches for both training and validation. Their sizes
+        are set by the training run's batch sizes and processes and kept in split.json, so that the
+        evaluator, whatever its own batch size, evaluates the same samples."""
+        args, processes, sizes = self.args, self.world_size, self.split.get("debug_sizes")
+        if not (args.overfit_batches or args.fast_dev_run):
+            return indices
+        if sizes is None:
+            eval_batch = args.eval_batch_size or args.batch_size
+            batches = args.fast_dev_run or math.inf
+            sizes = {phase: min(len(chosen), batches * (args.batch_size if phase == "train" else eval_batch) * processes)
+                     for phase, chosen in indices.items()}
+            if args.overfit_batches:
+                sizes["train"] = sizes["val"] = min(sizes["train"], args.overfit_batches * args.batch_size * processes)
+            self.split["debug_sizes"] = sizes
         if args.overfit_batches:
-            fixed = list(indices["train"][:args.overfit_batches * args.batch_size * processes])
-            indices["train"] = indices["val"] = fixed
-            self.log.info(f"overfit_batches: training and validating on the same {len(fixed)} training samples")
+            indices["val"] = indices["train"]
+            self.log.info(f"overfit_batches: training and validating on the same {sizes['train']} training samples")
         if args.fast_dev_run:
-            indices = {phase: list(chosen[:args.fast_dev_run * (args.batch_size if phase == "train" else eval_batch)
-                                           * processes]) for phase, chosen in indices.items()}
             self.log.info(f"fast_dev_run: {args.fast_dev_run} batches of each phase, one epoch")
-        return indices
+        return {phase: list(chosen[:sizes[phase]]) for phase, chosen in indices.items()}
 
     def make_loader(self, dataset, train=False):
         """Batches of `dataset` for this process: shuffled and padded to equal rank shares for training;

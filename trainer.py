@@ -284,7 +284,7 @@ class TrainerBase(TaskBase):
 
     def describe_model(self):
         """Log the model summary (parameters, size, a row per top-level module with its output shape
-        for two training samples) and keep its numbers for config.json. Returns the model's inputs
+        for two training samples, in evaluation mode) and keep its numbers for config.json. Returns the model's inputs
         in that forward pass (for TensorBoard's graph), or None if it failed."""
         inputs = []
         capture = self.model.register_forward_pre_hook(lambda module, args: inputs.append(args) if not inputs else None)
@@ -335,7 +335,8 @@ class TrainerBase(TaskBase):
         if checkpoint is not None:
             run.repair_best(self.log)
             progress = self.progress
-            progress.top_k = run.reconcile_top_k(progress.top_k, progress.epoch, progress.batches_done, self.log)
+            if self.args.save_top_k:
+                progress.top_k = run.reconcile_top_k(progress.top_k, progress.epoch, progress.batches_done, self.log)
         else:
             run.write_json("split.json", self.split)
         model = {name: value for name, value in self.model_summary.items() if name != "modules"}

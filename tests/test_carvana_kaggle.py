@@ -181,6 +181,32 @@ def test_a_submission_continues_only_with_the_same_checkpoint_and_options(unet_r
     assert submission.is_file() and not (tmp_path / "sub.csv.partial.json").exists()
 
 
+def test_a_submission_cut_after_its_last_row_finishes_and_folders_and_case_are_handled(
+        unet_run, carvana_dir, tmp_path, capsys, monkeypatch):
+    import eval_seg_on_carvana
+    from eval_seg_on_carvana import SegOnCarvanaEvaluator
+    copy_test_images(unet_run, carvana_dir, tmp_path / "images")
+    base = ["--model_path", str(unet_run / "UNet_best_ckpt.pth"), "--input_dir", str(tmp_path / "images")]
+    assert SegOnCarvanaEvaluator.main([*base, "--submission", str(tmp_path / "whole.csv")]) == 0
+
+    def cut(partial, submission):
+        raise Interrupted
+    monkeypatch.setattr(eval_seg_on_carvana, "finish_submission", cut)
+    with pytest.raises(Interrupted):
+        SegOnCarvanaEvaluator.main([*base, "--submission", str(tmp_path / "cut.csv")])
+    monkeypatch.undo()
+    assert SegOnCarvanaEvaluator.main([*base, "--submission", str(tmp_path / "cut.csv")]) == 0
+    assert (tmp_path / "cut.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+    assert SegOnCarvanaEvaluator.main([*base, "--submission", str(tmp_path / "UPPER.CSV.GZ")]) == 0
+    assert gzip.decompress((tmp_path / "UPPER.CSV.GZ").read_bytes()) == (tmp_path / "whole.csv").read_bytes()
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        SegOnCarvanaEvaluator.main([*base, "--submission", str(tmp_path / "images")])
+    assert "is a folder" in capsys.readouterr().err
+
+
 def test_the_evaluator_refuses_torchrun(unet_run, monkeypatch, capsys):
     from eval_seg_on_carvana import SegOnCarvanaEvaluator
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -140,6 +140,8 @@ def test_top_k_keeps_exactly_k_through_resumes_and_a_cut_between_save_and_delete
         losses = [record["val/loss"] for record in read_json(run / "metrics.json")["history"]]
         assert sorted(entry["value"] for entry in state["top_k"]) == sorted(losses)[:2]
 
+    # A file of the user's own that only looks like one is left alone.
+    (run / "Vanilla_epoch_backup.pth").write_bytes(b"mine")
     # A cut after a new top-k file was written but before the one it pushed out was deleted: the
     # state in `last` does not list the stray file, and the resume removes it.
     stray = run / "Vanilla_epoch099_val_loss0.0001.pth"
@@ -150,8 +152,8 @@ def test_top_k_keeps_exactly_k_through_resumes_and_a_cut_between_save_and_delete
         (run / listed[0]["file"]).unlink()
     assert VanillaTrainer.main(["--resume", str(run), "--n_epoch", "7"]) == 0
     state = load_plain(run / "Vanilla_last_ckpt.pth")
-    assert not stray.exists()
-    assert sorted(path.name for path in run.glob("Vanilla_epoch*.pth")) == sorted(e["file"] for e in state["top_k"])
+    assert not stray.exists() and (run / "Vanilla_epoch_backup.pth").read_bytes() == b"mine"
+    assert sorted(path.name for path in run.glob("Vanilla_epoch0*.pth")) == sorted(e["file"] for e in state["top_k"])
     assert len(state["top_k"]) == 2
 
 

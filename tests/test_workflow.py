@@ -56,13 +56,13 @@ def test_a_yaml_file_sets_options_and_print_config_writes_a_file_that_reads_back
     printed = yaml.safe_load(result.stdout)
     assert printed["n_epoch"] == 3 and printed["lr"] == 0.01 and printed["gpu_devices"] == ["cpu"]
     assert printed["batch_size"] == 16 and printed["deterministic"] is True and printed["data_dir"] == str(fashion_dir)
-    assert "config" not in printed and "print_config" not in printed
+    assert "config" not in printed and "print_config" not in printed and "resume" not in printed
 
     # The printed options are a config file: read back, they resolve to the same options.
     (tmp_path / "printed.yaml").write_text(result.stdout)
     args, _ = VanillaTrainer.parse(["--config", str(tmp_path / "printed.yaml")])
     again = {name: value for name, value in json.loads(json.dumps(vars(args), default=str)).items()
-             if name not in ("config", "print_config")}
+             if name not in ("config", "print_config", "resume")}
     assert again == printed
     json_result = run_script("trainer_vanilla.py", "--config", config, "--print_config", "json")
     assert json.loads(json_result.stdout)["n_epoch"] == 3
@@ -89,6 +89,27 @@ def test_a_bad_config_file_is_one_line_naming_the_file_and_the_option(tmp_path, 
 
 def test_config_without_a_file_is_one_line(capsys):
     assert "--config" in refused(VanillaTrainer.main, ["--config"], capsys)
+
+
+def test_a_config_file_gives_two_values_where_two_are_due_and_no_resume(tmp_path, capsys):
+    from trainer_seg_on_carvana import SegOnCarvanaTrainer
+    (tmp_path / "one.yaml").write_text("img_size: 32\n")
+    assert "img_size: expected 2 values, got 32" in refused(SegOnCarvanaTrainer.main,
+                                                            ["--config", tmp_path / "one.yaml"], capsys)
+    (tmp_path / "resume.yaml").write_text("resume: Results/x\n")
+    assert "give --resume on the command line" in refused(VanillaTrainer.main, ["--config", tmp_path / "resume.yaml"],
+                                                          capsys)
+
+
+def test_print_config_of_a_resume_is_a_config_file_for_a_new_run(fashion_dir, tmp_path):
+    run = train_vanilla(fashion_dir, tmp_path / "run", *QUICK, "--n_epoch", "1")
+    result = run_script("trainer_vanilla.py", "--resume", run, "--n_epoch", "3", "--print_config")
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert "resume" not in printed and printed["n_epoch"] == 3
+    (tmp_path / "again.yaml").write_text(result.stdout)
+    args, checkpoint = VanillaTrainer.parse(["--config", str(tmp_path / "again.yaml")])
+    assert checkpoint is None and args.n_epoch == 3
 
 
 def test_config_files_of_other_kinds_missing_or_with_resume_are_refused(fashion_dir, tmp_path, capsys):
@@ -138,6 +159,20 @@ def test_fast_dev_run_fails_on_a_hook_a_full_run_reaches_only_after_training(fas
     assert time.monotonic() - started < 30
     run = run_dirs(tmp_path)[0]
     assert read_json(run / "config.json")["options"]["fast_dev_run"] == 3
+
+
+def test_the_evaluator_scores_the_samples_a_debug_run_tested_whatever_its_batch_size(fashion_dir, tmp_path):
+    from eval_vanilla import VanillaEvaluator
+    assert VanillaTrainer.main(["--data_dir", str(fashion_dir), "--output_dir", str(tmp_path), "--fast_dev_run",
+                                "--batch_size", "16", "--deterministic"]) == 0
+    run = run_dirs(tmp_path)[0]
+    assert read_json(run / "split.json")["debug_sizes"] == {"train": 32, "val": 32, "test": 32}
+    assert VanillaEvaluator.main(["--model_path", str(run / "Vanilla_best_ckpt.pth"), "--eval_batch_size", "7"]) == 0
+    evaluated = read_json(run / "eval" / "test" / "metrics.json")
+    trained = read_json(run / "metrics.json")["test"]
+    assert evaluated["samples"] == 32 and evaluated["metrics"]["test/accuracy"] == trained["test/accuracy"]
+    assert evaluated["metrics"]["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-6)  # other batches: rounding
+    assert evaluated["epoch"] == evaluated["best_epoch"] == 1
 
 
 def test_overfit_batches_drives_the_loss_towards_zero(fashion_dir, tmp_path):

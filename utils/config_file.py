@@ -14,7 +14,7 @@ from pathlib import Path
 from utils.errors import UserError
 
 SUFFIXES = (".json", ".yaml", ".yml")
-NOT_IN_FILES = ("config", "print_config")  # options about the file itself
+NOT_IN_FILES = ("config", "print_config", "resume")  # about the file itself, or the command line's alone
 
 
 def config_file_in(argv):
@@ -36,6 +36,9 @@ def read_config_file(path, parser):
     values = {}
     for name, value in data.items():
         action = actions.get(name)
+        if name == "resume":
+            raise UserError(f"--config {path}: resume is not an option for a config file; give --resume on the "
+                            "command line (a resumed run keeps its checkpoint's options)")
         if action is None or name in NOT_IN_FILES:
             known = [dest for dest in actions if dest not in NOT_IN_FILES]
             close = difflib.get_close_matches(str(name), known, n=3)
@@ -94,6 +97,8 @@ def _checked(action, value, path):
         items = value if isinstance(value, list) else [value]
         if action.nargs == "+" and not items:
             raise UserError(f"{where}: expected at least one value, got []")
+        if isinstance(action.nargs, int) and len(items) != action.nargs:
+            raise UserError(f"{where}: expected {action.nargs} values, got {json.dumps(value)}")
         return [_one(action, item, where) for item in items]
     if isinstance(value, (list, dict)):
         raise UserError(f"{where}: expected one value, got {json.dumps(value)}")

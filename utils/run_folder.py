@@ -16,6 +16,7 @@ the two leaves a `last` that names its own epoch as the best one and an older `b
 import io
 import json
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -180,7 +181,9 @@ class RunFolder:
         if not self.writes:
             return kept
         listed = {entry["file"] for entry in kept}
-        stale = sorted(path.name for path in self.path.glob(f"{self.model_type}_epoch*.pth") if path.name not in listed)
+        named = re.compile(re.escape(self.model_type) + r"_epoch\d{3,}_.+\.pth")
+        stale = sorted(path.name for path in self.path.glob(f"{self.model_type}_epoch*.pth")
+                       if named.fullmatch(path.name) and path.name not in listed)
         if stale:
             self.delete(stale)
             log.warning(f"removed {', '.join(stale)}: past the top-k of the resumed state (a save cut short)")
