@@ -225,12 +225,12 @@ class TrainerBase(TaskBase):
             name = self.run.top_k_name(progress.epoch, args.monitor, record[args.monitor])
             kept, dropped = progress.rank_top_k(record[args.monitor], args.save_top_k, name, args.monitor_mode)
             also = name if kept else None
+        self.report("train", train_totals, progress.epoch)
+        self.report("val", val_totals, progress.epoch)
+        self.log_epoch(record, improved)  # before the save, which commits its scalars to the trackers
         self.save_checkpoint(best=improved, also=also)
         self.run.delete(dropped)  # after the save: a cut in between leaves files the resume removes
         self.write_metrics("running")
-        self.report("train", train_totals, progress.epoch)
-        self.report("val", val_totals, progress.epoch)
-        self.log_epoch(record, improved)
         self.raise_if_stopped()
         if progress.stopper.should_stop:
             self.log.info(f"early stopping: {args.monitor} has not improved for {args.early_stop_patience} epochs "
@@ -252,6 +252,8 @@ class TrainerBase(TaskBase):
         shown = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items())
         self.log.info(f"test ({path.name}{', EMA weights' if on_ema else ''}, epoch {best_epoch}): {shown}")
         self.run.write_hparams(vars(self.args), metrics, best_epoch or self.progress.epoch, self.progress.stopper.best)
+        if self.writer is not None:
+            self.writer.commit()
         # The test results in metrics.json mark the run finished: they are written last.
         self.write_metrics("early_stopped" if self.progress.stopper.should_stop else "completed", metrics, path)
         self.log.info(f"done: {self.run.path}")
@@ -343,7 +345,8 @@ class TrainerBase(TaskBase):
         run.write_config(json_value(vars(self.args)), self.device, self.world_size,
                          self.args.resume if checkpoint else None, self.progress.position, model)
         # Events after the checkpoint's step were written by the interrupted process after it saved.
-        run.open_writer(purge_step=self.progress.global_step + 1 if checkpoint else None)
+        run.open_writer(purge_step=self.progress.global_step + 1 if checkpoint else None, loggers=self.args.logger,
+                        logged=checkpoint.get("logged_scalars") if checkpoint else None)
         if checkpoint is None:
             seed_process_streams(self.args.seed, self.rank)
         else:
@@ -363,13 +366,15 @@ class TrainerBase(TaskBase):
         return {"format": CHECKPOINT_FORMAT, "task": type(self).__name__, "model_type": self.args.model_type,
                 "config": json_value(vars(self.args)), "world_size": self.world_size,
                 "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
+                "logged_scalars": self.writer.logged if self.writer is not None else None,
                 **self.optimization.state_dict(), **self.progress.state_dict(),
                 "rng": [rank["rng"] for rank in ranks], "epoch_sums": [rank["sums"] for rank in ranks]}
 
     def load_state_dict(self, checkpoint):
         """Restore what `state_dict` saved. A checkpoint with entries this trainer would not restore is
         refused: it was written by other code, and half-loading it would resume something else."""
-        known = {"format", "task", "model_type", "config", "world_size", "model", "ema", "rng", "epoch_sums",
+        known = {"format", "task", "model_type", "config", "world_size", "model", "ema", "logged_scalars", "rng",
+                 "epoch_sums",
                  *self.optimization.state_dict(), *self.progress.state_dict()}
         if set(checkpoint) - known:
             raise UserError(f"{self.args.resume} holds entries this trainer does not restore: "
@@ -384,6 +389,8 @@ class TrainerBase(TaskBase):
     def save_checkpoint(self, best=False, also=None):
         """Save the state to `last` (and `best`, and a top-k file); every rank calls it."""
         self.run.save_checkpoint(self.state_dict(), best, also)
+        if self.writer is not None:
+            self.writer.commit()  # the scalars of the state just saved
         self.saved_position = self.progress.position
 
     def write_metrics(self, status, test=None, tested=None):

@@ -100,6 +100,8 @@ def _checked(action, value, path):
         if isinstance(action.nargs, int) and len(items) != action.nargs:
             raise UserError(f"{where}: expected {action.nargs} values, got {json.dumps(value)}")
         return [_one(action, item, where) for item in items]
+    if isinstance(value, list) and getattr(action.type, "accepts_list", False):
+        value = ",".join(map(str, value))
     if isinstance(value, (list, dict)):
         raise UserError(f"{where}: expected one value, got {json.dumps(value)}")
     return _one(action, value, where)

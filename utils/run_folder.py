@@ -29,6 +29,7 @@ import torch
 from utils import distributed
 from utils.checkpoint import load_checkpoint, save_atomic, write_json_atomic
 from utils.errors import UserError
+from utils.trackers import CsvTracker, Writer
 from utils.timestamp import make_run_dir
 
 CHECKPOINT_FORMAT = "torch-template/2"
@@ -114,13 +115,18 @@ class RunFolder:
             log.warning(f"model graph not written to TensorBoard ({type(error).__name__}: {first}); "
                         "--log_graph false leaves it out")
 
-    def open_writer(self, purge_step=None):
-        """TensorBoard's writer (main process only). On resume, events past the checkpoint's step,
-        written by the interrupted process after it saved, are dropped: `purge_step` is the first
-        step to drop."""
+    def open_writer(self, purge_step=None, loggers=("tensorboard",), logged=None):
+        """The writer (main process only) to TensorBoard and the trackers in `loggers` (utils/trackers.py).
+        On resume, TensorBoard drops the events past the checkpoint's step, written by the
+        interrupted process after it saved (`purge_step` is the first step to drop), and the trackers
+        keep the `logged` scalars the checkpoint had committed."""
         if self.writes:
-            from torch.utils.tensorboard import SummaryWriter  # heavy import, only when a run starts
-            self.writer = SummaryWriter(self.path / "summary", purge_step=purge_step)
+            tensorboard = None
+            if "tensorboard" in loggers:
+                from torch.utils.tensorboard import SummaryWriter  # heavy import, only when a run starts
+                tensorboard = SummaryWriter(self.path / "summary", purge_step=purge_step)
+            trackers = [CsvTracker(self.path / "metrics.csv", logged)] if "csv" in loggers else []
+            self.writer = Writer(tensorboard, trackers, logged or 0)
         return self.writer
 
     def write_epoch_scalars(self, record):
