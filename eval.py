@@ -45,8 +45,9 @@ class EvaluatorBase:
     def build_parser(cls):
         parser = cls.trainer_class.build_parser()
         parser.description = f"Evaluate a checkpoint of {cls.trainer_class.__name__} on a split of its run."
+        refused = cls.refused_options()
         for action in parser._actions:
-            if action.dest in cls.refused_options():
+            if action.dest in refused:
                 action.help = argparse.SUPPRESS  # accepted by the parser only to be refused by name
         group = parser.add_argument_group("evaluation")
         group.add_argument("--save_path", type=Path, default=None,

@@ -125,7 +125,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         listing = CarvanaImages(args.input_dir, args.img_size, skip_bad=args.skip_bad, log=self.log.warning)
         made_by = self.made_by()
         done = continued_rows(partial, [path.name for path in listing.all_paths], made_by)
-        images = CarvanaImages(args.input_dir, args.img_size, skip_bad=True, log=lambda message: None, start=done)
+        images = listing.starting_at(done)
         if done:
             self.log.info(f"continuing {partial}: {done} of {len(listing.all_paths)} images are done")
         bar = tqdm(total=len(listing.all_paths), initial=done, unit="image", desc="predict", dynamic_ncols=True,
@@ -135,7 +135,6 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         with open(partial, "a", newline="") as handle, RowWriter(handle, bar) as rows:
             if not started:
                 handle.write("img,rle_mask\n")
-                started = True
 
             def encode(batch, logits, indices):
                 samples, readable = indices.tolist(), batch["readable"].tolist()
@@ -153,7 +152,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
                         unreadable.append(name)
                     rows.add(name, masks[row])
                 if args.viz:
-                    self.write_viz(logits, samples, sizes, images)
+                    self.write_viz(masks, samples, images)
 
             if len(images):  # all rows may be there already, from an interruption just before the end
                 self.trainer.evaluate("predict", on_batch=encode, loader=self.trainer.make_loader(images))
@@ -172,12 +171,12 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
                 "threshold": self.args.threshold, "tta": self.args.tta, "input_dir": str(self.args.input_dir.resolve()),
                 "amp": self.args.amp and self.args.amp_dtype, "channels_last": self.args.channels_last}
 
-    def write_viz(self, logits, samples, sizes, images):
-        for row, (sample, size) in enumerate(zip(samples, sizes)):
-            if (images.start + sample) % self.args.n_snap == 0 and size is not None:
-                predicted = (car_probability(logits[row:row + 1], size)[0] > self.args.threshold).cpu().numpy()
+    def write_viz(self, masks, samples, images):
+        """Pictures of every --n_snap-th image, with the masks the CSV gets."""
+        for mask, sample in zip(masks, samples):
+            if (images.start + sample) % self.args.n_snap == 0 and mask is not None:
                 self.write_pictures(Path(images.names[sample]).stem, load_original(images.image_paths[sample]),
-                                    None, predicted)
+                                    None, mask)
 
 
 class RowWriter:

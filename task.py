@@ -119,7 +119,7 @@ class TaskBase:
         phase; summed statistics reduced over every rank)."""
         loader = loader if loader is not None else self.loaders[phase]
         loader.sampler.set_epoch(0)
-        model = model or self.eval_model
+        model = model if model is not None else self.eval_model
         model.eval()
         sums, pending, stopped = MetricSums(), [], False
         with torch.inference_mode():

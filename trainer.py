@@ -36,17 +36,17 @@ from pathlib import Path
 
 import torch
 
+from data.loader import first_samples
 from task import TaskBase, TrainingStopped
 from utils import distributed
 from utils.arguments import add_base_arguments, check_schedule, json_value, merge_options, resume_safe_options
-from data.loader import first_samples
 from utils.batch import batch_size_of
 from utils.checkpoint import load_checkpoint, load_weights, weights_of
 from utils.config_file import config_file_in, format_options, read_config_file
 from utils.ema import EMA
-from utils.lr_finder import find_lr
 from utils.errors import UserError, run_cli
 from utils.logger import close_logger, setup_logger
+from utils.lr_finder import find_lr
 from utils.optimization import Optimization
 from utils.options import Parser
 from utils.progress import TrainingProgress
@@ -374,8 +374,7 @@ class TrainerBase(TaskBase):
         """Restore what `state_dict` saved. A checkpoint with entries this trainer would not restore is
         refused: it was written by other code, and half-loading it would resume something else."""
         known = {"format", "task", "model_type", "config", "world_size", "model", "ema", "logged_scalars", "rng",
-                 "epoch_sums",
-                 *self.optimization.state_dict(), *self.progress.state_dict()}
+                 "epoch_sums", *self.optimization.state_dict(), *self.progress.state_dict()}
         if set(checkpoint) - known:
             raise UserError(f"{self.args.resume} holds entries this trainer does not restore: "
                             f"{', '.join(sorted(set(checkpoint) - known))}")

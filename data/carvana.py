@@ -16,6 +16,7 @@ so `skip_bad` cannot skip it and reading it raises `UserError`; the cached modes
 everything up front and can skip it. The disk cache is matched by file names and size only:
 delete the cache file after editing images in place.
 """
+import copy
 import os
 import time
 from pathlib import Path
@@ -406,6 +407,13 @@ class CarvanaImages(Dataset):
             return {"image": image, "readable": True}
         except UserError:
             return {"image": torch.zeros(3, *self.img_size, dtype=torch.uint8), "readable": False}
+
+    def starting_at(self, start):
+        """The same images without the first `start` (a prediction continued), listed once."""
+        view = copy.copy(self)
+        view.start, view.image_paths = start, self.all_paths[start:]
+        view.names = [path.name for path in view.image_paths]
+        return view
 
     def original_size(self, index):
         """The (height, width) of image `index` before resizing, or None if its header is unreadable."""

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.options import parse_bool
 
 SUFFIXES = (".json", ".yaml", ".yml")
 NOT_IN_FILES = ("config", "print_config", "resume")  # about the file itself, or the command line's alone
@@ -111,7 +112,7 @@ def _one(action, value, where):
     if isinstance(value, (list, dict)):
         raise UserError(f"{where}: expected a plain value, got {json.dumps(value)}")
     text = str(value).lower() if isinstance(value, bool) else str(value)
-    if isinstance(value, bool) and action.type not in (None, str) and action.type.__name__ != "parse_bool":
+    if isinstance(value, bool) and action.type not in (None, str, parse_bool):
         raise UserError(f"{where}: expected {action.metavar or action.type.__name__}, got {json.dumps(value)}")
     try:
         converted = action.type(text) if action.type is not None else text

@@ -29,8 +29,8 @@ import torch
 from utils import distributed
 from utils.checkpoint import load_checkpoint, save_atomic, write_json_atomic
 from utils.errors import UserError
-from utils.trackers import CsvTracker, Writer
 from utils.timestamp import make_run_dir
+from utils.trackers import CsvTracker, Writer
 
 CHECKPOINT_FORMAT = "torch-template/2"
 
