@@ -53,6 +53,10 @@ from utils.progress import TrainingProgress
 from utils.run_folder import CHECKPOINT_FORMAT, RunFolder, check_checkpoint, check_resumable, find_checkpoint
 from utils.seed import derived_seed, get_rng_state, seed_process_streams, set_rng_state
 from utils.summary import format_summary, summarize
+from utils.trackers import check_installed, mlflow_uri
+
+
+NO_TRACKERS = {"logged_scalars": None, "tracker_commit": [], "tracker_runs": {}}  # a checkpoint's, without a writer
 
 
 class NonFiniteLoss(UserError):
@@ -92,6 +96,9 @@ class TrainerBase(TaskBase):
         args = parser.parse_args(argv)
         if args.fast_dev_run:  # one short epoch, every step logged
             args.n_epoch, args.log_every_n_steps = 1, 1
+        check_installed(args.logger)
+        if "mlflow" in args.logger and args.mlflow_uri is None:  # the store this run and its resumes use
+            args.mlflow_uri = mlflow_uri("mlruns")
         if args.resume is None:
             return args, None
         if config is not None:
@@ -127,6 +134,7 @@ class TrainerBase(TaskBase):
         self.in_update = False  # True while the optimizer changes the weights: no crash save then
         self.model_summary = None  # parameter counts and size, once the model is built
         self.ema = None  # the average of the weights, with --ema_decay
+        self.status = "failed"  # how the run ends, for the trackers: finished, stopped or failed
 
     # ------------------------------------------------------------------ the workflow
     def fit(self):
@@ -135,16 +143,23 @@ class TrainerBase(TaskBase):
             self.setup()
             with self.stop.installed():  # from here on, a signal stops the run at the next batch
                 if self.args.lr_find and self.checkpoint is None and not find_lr(self):
+                    self.status = "finished"
                     return None  # the range test alone
                 while not self.progress.is_finished(self.args.n_epoch):
                     started = time.perf_counter()
                     train = self.train_epoch()
                     trained = time.perf_counter()
                     self.end_epoch(train, self.validate(), started, trained)
-                return self.test_best()
+                metrics = self.test_best()
+                self.status = "finished"
+                return metrics
         except TrainingStopped as stopped:
+            self.status = "stopped"
             self.exit_stopped(stopped)
-        except (UserError, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            self.status = "stopped"
+            raise
+        except UserError:
             raise
         except Exception:
             self.save_after_crash()
@@ -346,7 +361,7 @@ class TrainerBase(TaskBase):
                          self.args.resume if checkpoint else None, self.progress.position, model)
         # Events after the checkpoint's step were written by the interrupted process after it saved.
         run.open_writer(purge_step=self.progress.global_step + 1 if checkpoint else None, loggers=self.args.logger,
-                        logged=checkpoint.get("logged_scalars") if checkpoint else None)
+                        options=json_value(vars(self.args)), checkpoint=checkpoint)
         if checkpoint is None:
             seed_process_streams(self.args.seed, self.rank)
         else:
@@ -366,15 +381,15 @@ class TrainerBase(TaskBase):
         return {"format": CHECKPOINT_FORMAT, "task": type(self).__name__, "model_type": self.args.model_type,
                 "config": json_value(vars(self.args)), "world_size": self.world_size,
                 "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
-                "logged_scalars": self.writer.logged if self.writer is not None else None,
+                **(self.writer.state if self.writer is not None else NO_TRACKERS),
                 **self.optimization.state_dict(), **self.progress.state_dict(),
                 "rng": [rank["rng"] for rank in ranks], "epoch_sums": [rank["sums"] for rank in ranks]}
 
     def load_state_dict(self, checkpoint):
         """Restore what `state_dict` saved. A checkpoint with entries this trainer would not restore is
         refused: it was written by other code, and half-loading it would resume something else."""
-        known = {"format", "task", "model_type", "config", "world_size", "model", "ema", "logged_scalars", "rng",
-                 "epoch_sums", *self.optimization.state_dict(), *self.progress.state_dict()}
+        known = {"format", "task", "model_type", "config", "world_size", "model", "ema", "rng", "epoch_sums",
+                 *NO_TRACKERS, *self.optimization.state_dict(), *self.progress.state_dict()}
         if set(checkpoint) - known:
             raise UserError(f"{self.args.resume} holds entries this trainer does not restore: "
                             f"{', '.join(sorted(set(checkpoint) - known))}")
@@ -514,7 +529,7 @@ class TrainerBase(TaskBase):
 
     def close(self):
         if self.run is not None:
-            self.run.close()
+            self.run.close(self.status)
         close_logger(self.log)
         distributed.cleanup()
 

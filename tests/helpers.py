@@ -4,6 +4,7 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,3 +67,58 @@ def stopping_at(step):
             super().after_step()
     Stopping.__name__ = "VanillaTrainer"  # the checkpoint names the task it belongs to
     return Stopping
+
+
+def refused(main, argv, capsys):
+    """What a command line that must fail printed: exit code 2, one line on stderr, no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in argv])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
+    return stderr
+
+
+def wandb_history(run_dir):
+    """The history rows and the summary of each W&B offline run in `run_dir`/wandb, read from its
+    `.wandb` files (W&B's record log: 32 KiB blocks of records, each cut into chunks behind a
+    7-byte header), oldest run first: [(run id, [row dict, ...], summary dict), ...]."""
+    import json
+    import struct
+    from wandb.proto import wandb_internal_pb2
+
+    def records(path):
+        data, block, chunks = Path(path).read_bytes(), 32768, []
+        assert data[:4] == b":W&B", path
+        position = 7
+        while position + 7 <= len(data):
+            if block - position % block < 7:  # a block's tail too short for a header is padding
+                position += block - position % block
+                continue
+            length, kind = struct.unpack("<HB", data[position + 4:position + 7])
+            chunks.append(data[position + 7:position + 7 + length])
+            position += 7 + length
+            if kind in (1, 4):  # a whole record, or the last chunk of one
+                yield b"".join(chunks)
+                chunks = []
+            if kind == 0:
+                break
+
+    runs = []
+    for path in sorted(Path(run_dir, "wandb").glob("offline-run-*/run-*.wandb")):
+        run_id, rows, summary = None, [], {}
+        for raw in records(path):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(raw)
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                run_id = record.run.run_id
+            elif kind == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.history.item})
+            elif kind == "summary":
+                for item in record.summary.update:
+                    summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        runs.append((run_id, rows, summary))
+    return runs

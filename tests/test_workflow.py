@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import ROOT, metric_history, python_command, read_json, run_dirs, train_vanilla
+from helpers import ROOT, metric_history, python_command, read_json, refused, run_dirs, train_vanilla
 from trainer_vanilla import VanillaTrainer
 
 QUICK = ["--train_val_sample_rate", "0.4", "--test_sample_rate", "0.5"]
@@ -17,17 +17,6 @@ QUICK = ["--train_val_sample_rate", "0.4", "--test_sample_rate", "0.5"]
 
 def run_script(*args):
     return subprocess.run(python_command(*args), cwd=ROOT, capture_output=True, text=True, timeout=120)
-
-
-def refused(main, argv, capsys):
-    """What a command line that must fail printed: exit code 2, one line on stderr, no traceback."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(arg) for arg in argv])
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
-    return stderr
 
 
 # ------------------------------------------------------------------ config files
@@ -351,44 +340,3 @@ def test_help_shows_each_default_once():
     text = " ".join(run_script("trainer_vanilla.py", "--help").stdout.split())
     assert "(default: None)" not in text and "(default: 0.001)" in text
     assert "(default Results/<proj_name>)" in text
-
-
-# ------------------------------------------------------------------ trackers
-def csv_rows(run):
-    import csv
-    with open(run / "metrics.csv", newline="") as handle:
-        return list(csv.reader(handle))
-
-
-def test_the_csv_logger_holds_what_tensorboard_holds(fashion_dir, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    run = train_vanilla(fashion_dir, tmp_path, *QUICK, "--logger", "tensorboard,csv", "--log_every_n_steps", "3")
-    rows = csv_rows(run)
-    assert rows[0] == ["tag", "step", "value"]
-    events = EventAccumulator(str(run / "summary"), size_guidance={"scalars": 0})
-    events.Reload()
-    from_tensorboard = sorted((tag, event.step, event.value) for tag in events.Tags()["scalars"]
-                              for event in events.Scalars(tag))
-    from_csv = sorted((tag, int(step), float(value)) for tag, step, value in rows[1:])
-    assert [(tag, step) for tag, step, _ in from_csv] == [(tag, step) for tag, step, _ in from_tensorboard]
-    assert all(abs(a[2] - b[2]) <= 1e-6 * max(1, abs(b[2])) for a, b in zip(from_csv, from_tensorboard))  # TB: float32
-    assert {"train/step_loss", "val/accuracy", "test/accuracy", "lr"} <= {tag for tag, _, _ in from_csv}
-
-
-def test_a_resumed_run_continues_the_csv_without_repeating_or_missing_a_row(fashion_dir, tmp_path):
-    from helpers import stopping_at
-    flags = [*QUICK, "--logger", "csv", "--log_every_n_steps", "2", "--save_every_n_steps", "4"]
-    full = train_vanilla(fashion_dir, tmp_path / "full", *flags)
-    assert not (full / "summary").exists()  # TensorBoard was not chosen
-    with pytest.raises(SystemExit):
-        train_vanilla(fashion_dir, tmp_path / "cut", *flags, trainer_class=stopping_at(12))  # at a log step: see README
-    run = run_dirs(tmp_path / "cut")[0]
-    with open(run / "metrics.csv", "a") as handle:  # what an older checkpoint, resumed, did not commit
-        handle.write("train/step_loss,99,1.0\n")
-    assert VanillaTrainer.main(["--resume", str(run / "Vanilla_last_ckpt.pth")]) == 0
-    assert csv_rows(run) == csv_rows(full)
-
-
-def test_a_bad_logger_is_refused(capsys):
-    assert "expected a comma-separated list of tensorboard, csv, got 'tensorboard,mlflw'" in refused(
-        VanillaTrainer.main, ["--logger", "tensorboard,mlflw"], capsys)

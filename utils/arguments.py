@@ -8,7 +8,7 @@ from utils.optimizer import OPTIMIZERS
 from utils.options import (add_flag, explicit_options, fraction, non_negative_float, non_negative_int, positive_float,
                            positive_int, ratio)
 from utils.scheduler import SCHEDULERS, SCHEDULES_OVER_N_EPOCH
-from utils.trackers import LOGGERS, logger_names
+from utils.trackers import LOGGERS, logger_names, mlflow_uri
 
 # Options of the base that a resumed run may change: they do not change what is computed. A task
 # adds its own in `TrainerBase.task_resume_safe_options`.
@@ -24,6 +24,7 @@ RESUME_SAFE_OPTIONS = frozenset({
 # `TrainerBase.task_training_options` / `task_split_options`.
 TRAINING_OPTIONS = (
     "config", "print_config", "proj_name", "description", "output_dir", "log_every_n_steps", "log_graph", "logger",
+    "mlflow_uri",
     "fast_dev_run", "overfit_batches", "model_type", "pretrained", "partial_load", "n_epoch", "optim", "lr",
     "weight_decay", "momentum", "lr_scheduler", "lr_interval", "min_lr", "warmup_epoch", "warmup_steps",
     "lr_decay_epochs", "lr_decay_rate",
@@ -54,7 +55,9 @@ def add_base_arguments(parser, model_types, data_types):
     add_flag(run, "--log_graph", default=True, help="write the model's graph to TensorBoard's Graphs tab")
     run.add_argument("--logger", type=logger_names, default=["tensorboard"], metavar="NAMES",
                      help=f"where scalars go, comma-separated: {', '.join(LOGGERS)} (csv: metrics.csv in the run "
-                          "folder) (default: tensorboard)")
+                          "folder; mlflow and wandb need their packages) (default: tensorboard)")
+    run.add_argument("--mlflow_uri", type=mlflow_uri, default=None, metavar="URI",
+                     help="with --logger mlflow: the tracking URI or a local folder (default: ./mlruns, a file store)")
 
     debug = parser.add_argument_group("debug runs")
     debug.add_argument("--fast_dev_run", type=non_negative_int, nargs="?", const=2, default=0, metavar="N",

@@ -27,3 +27,13 @@ def run_cli(main, argv=None):
             raise
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def import_optional(module, package, purpose):
+    """Import an optional back end, or raise a one-line `UserError` with the pip command."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise UserError(f"{purpose} needs the {package} package, not installed here ({error}): "
+                        f"pip install {package}") from None

@@ -30,7 +30,7 @@ from utils import distributed
 from utils.checkpoint import load_checkpoint, save_atomic, write_json_atomic
 from utils.errors import UserError
 from utils.timestamp import make_run_dir
-from utils.trackers import CsvTracker, Writer
+from utils.trackers import Writer, open_trackers
 
 CHECKPOINT_FORMAT = "torch-template/2"
 
@@ -115,18 +115,19 @@ class RunFolder:
             log.warning(f"model graph not written to TensorBoard ({type(error).__name__}: {first}); "
                         "--log_graph false leaves it out")
 
-    def open_writer(self, purge_step=None, loggers=("tensorboard",), logged=None):
-        """The writer (main process only) to TensorBoard and the trackers in `loggers` (utils/trackers.py).
-        On resume, TensorBoard drops the events past the checkpoint's step, written by the
-        interrupted process after it saved (`purge_step` is the first step to drop), and the trackers
-        keep the `logged` scalars the checkpoint had committed."""
+    def open_writer(self, purge_step=None, loggers=("tensorboard",), options=None, checkpoint=None):
+        """The writer (main process only) to TensorBoard and the trackers in `loggers` (utils/trackers.py),
+        for a run with `options` (JSON values). On resume, TensorBoard drops the events past the
+        checkpoint's step, written by the interrupted process after it saved (`purge_step` is the first
+        step to drop), and the trackers continue from what the `checkpoint` had committed."""
         if self.writes:
+            trackers, committed = open_trackers([name for name in loggers if name != "tensorboard"], self.path,
+                                                options or {}, checkpoint)
             tensorboard = None
             if "tensorboard" in loggers:
                 from torch.utils.tensorboard import SummaryWriter  # heavy import, only when a run starts
                 tensorboard = SummaryWriter(self.path / "summary", purge_step=purge_step)
-            trackers = [CsvTracker(self.path / "metrics.csv", logged)] if "csv" in loggers else []
-            self.writer = Writer(tensorboard, trackers, logged or 0)
+            self.writer = Writer(tensorboard, trackers, committed)
         return self.writer
 
     def write_epoch_scalars(self, record):
@@ -152,9 +153,10 @@ class RunFolder:
         self.writer.add_hparams(hparams, final, run_name="hparams")
         self.writer.flush()
 
-    def close(self):
+    def close(self, status="finished"):
+        """Close the writer; `status` (finished, stopped or failed) ends the trackers' runs."""
         if self.writer is not None:
-            self.writer.close()
+            self.writer.close(status)
             self.writer = None
 
     # ------------------------------------------------------------------ checkpoints
