@@ -53,6 +53,7 @@ from utils.progress import TrainingProgress
 from utils.run_folder import CHECKPOINT_FORMAT, RunFolder, check_checkpoint, check_resumable, find_checkpoint
 from utils.seed import derived_seed, get_rng_state, seed_process_streams, set_rng_state
 from utils.summary import format_summary, summarize
+from utils.sweep_link import SweepLink
 from utils.trackers import check_installed, mlflow_uri
 
 
@@ -135,6 +136,7 @@ class TrainerBase(TaskBase):
         self.model_summary = None  # parameter counts and size, once the model is built
         self.ema = None  # the average of the weights, with --ema_decay
         self.status = "failed"  # how the run ends, for the trackers: finished, stopped or failed
+        self.sweep = SweepLink.from_environment() if self.main_process else None  # a trial of sweep.py
 
     # ------------------------------------------------------------------ the workflow
     def fit(self):
@@ -150,7 +152,7 @@ class TrainerBase(TaskBase):
                     train = self.train_epoch()
                     trained = time.perf_counter()
                     self.end_epoch(train, self.validate(), started, trained)
-                metrics = self.test_best()
+                metrics = self.end_pruned() if self.progress.pruned else self.test_best()
                 self.status = "finished"
                 return metrics
         except TrainingStopped as stopped:
@@ -234,6 +236,9 @@ class TrainerBase(TaskBase):
                   "train_time_s": round(trained - started, 4), "val_time_s": round(ended - trained, 4),
                   "time_s": round(ended - started, 4)}
         improved = progress.end_epoch(record, args.monitor)
+        if self.sweep is not None or self.world_size > 1:  # decided before the save, which keeps the decision
+            progress.pruned = distributed.any_rank(
+                self.sweep is not None and self.sweep.should_prune(progress.epoch, record[args.monitor]), self.device)
         self.optimization.scheduler.end_epoch(record[args.monitor])
         also, dropped = None, []
         if args.save_top_k:
@@ -250,6 +255,18 @@ class TrainerBase(TaskBase):
         if progress.stopper.should_stop:
             self.log.info(f"early stopping: {args.monitor} has not improved for {args.early_stop_patience} epochs "
                           f"(best {progress.stopper.best:.4f} at epoch {progress.stopper.best_epoch})")
+
+    def end_pruned(self):
+        """The end of a trial its sweep pruned: no test; the HPARAMS row with the monitor's best."""
+        progress = self.progress
+        self.log.info(f"pruned by the sweep after epoch {progress.epoch} ({self.args.monitor} "
+                      f"{progress.history[-1][self.args.monitor]:.4f}, best epoch {progress.stopper.best_epoch})")
+        self.run.write_hparams(vars(self.args), {}, progress.epoch, progress.stopper.best)
+        if self.writer is not None:
+            self.writer.commit()
+        self.write_metrics("pruned")
+        distributed.barrier()
+        return None
 
     def test_best(self):
         """Evaluate the best checkpoint (the last one if no epoch ever improved) on the test set,
@@ -294,8 +311,11 @@ class TrainerBase(TaskBase):
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
         self.run = run or RunFolder.create(args.output_dir or Path("Results") / args.proj_name, args.model_type,
-                                           self.main_process, "_fast_dev_run" if args.fast_dev_run else "")
+                                           self.main_process, ("_fast_dev_run" if args.fast_dev_run else "")
+                                           + (self.sweep.suffix if self.sweep else ""))
         self.open_run_folder()
+        if self.sweep is not None:
+            self.sweep.started(self.run.path)
         if checkpoint is None and args.log_graph and model_inputs is not None:
             self.run.write_graph(self.model, model_inputs, self.log)
 
@@ -530,6 +550,8 @@ class TrainerBase(TaskBase):
     def close(self):
         if self.run is not None:
             self.run.close(self.status)
+        if self.sweep is not None:
+            self.sweep.close()
         close_logger(self.log)
         distributed.cleanup()
 

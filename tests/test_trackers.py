@@ -157,3 +157,21 @@ def test_a_missing_tracker_package_is_one_line_with_the_pip_command(logger, pack
     error = refused(VanillaTrainer.main, ["--data_dir", fashion_dir, "--output_dir", tmp_path, "--logger", logger,
                                           *QUICK, "--n_epoch", "1"], capsys)
     assert f"--logger {logger} needs the {package} package" in error and f"pip install {package}" in error
+
+
+def test_images_reach_mlflow_and_wandb(carvana_dir, tmp_path, monkeypatch):
+    from helpers import train_seg
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = train_seg(carvana_dir, tmp_path / "out", "--n_epoch", "2", "--logger", "mlflow,wandb",
+                    "--mlflow_uri", tmp_path / "mlruns")
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    (experiment,) = [e for e in client.search_experiments() if e.name == "SegOnCarvana"]
+    (logged,) = client.search_runs([experiment.experiment_id])
+    pictures = [item.path for item in client.list_artifacts(logged.info.run_id, "images")]
+    assert sum(path.endswith(".png") and "image_truth_prediction" in path for path in pictures) == 2  # one per epoch
+    (_, rows, _), = wandb_history(run)
+    kind = "val/image_truth_prediction/_type"  # the record flattens an image into its fields
+    assert [(row["epoch"], row[kind]) for row in rows if kind in row] == [(1, "image-file"), (2, "image-file")]
+    assert all(any((run / "wandb").glob(f"offline-run-*/files/{row['val/image_truth_prediction/path']}"))
+               for row in rows if kind in row)

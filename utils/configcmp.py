@@ -82,19 +82,19 @@ def compare(runs):
     return _varying([run["options"] for run in runs])
 
 
-def _fmt(value):
+def format_value(value):
     if value is MISSING:
         return "-"
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, list):
-        return "[" + ", ".join(map(_fmt, value)) + "]"
+        return "[" + ", ".join(map(format_value, value)) + "]"
     if isinstance(value, str):
         return value or '""'
     return json.dumps(value)
 
 
-def _table(header, rows):
+def format_table(header, rows):
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths))
              for row in [header, *rows])
@@ -118,32 +118,32 @@ def _results(runs):
         row += [m.get("best_value", MISSING), m.get("best_epoch", MISSING)]
         row += [test.get(name, MISSING) for name in test_names]
         row += [run.get("model", {}).get("parameters", MISSING)] if sized else []
-        rows.append([_fmt(value) for value in row])
+        rows.append([format_value(value) for value in row])
     return header, rows
 
 
 def _print_pair(a, b):
     varying = compare([a, b])
     print(f"A: {a['path']}\nB: {b['path']}\n")
-    differ = [[name, _fmt(va), _fmt(vb)] for name, (va, vb) in varying.items()
+    differ = [[name, format_value(va), format_value(vb)] for name, (va, vb) in varying.items()
               if va is not MISSING and vb is not MISSING]
     if differ:
-        print(f"Options that differ ({len(differ)}):\n{_table(['option', 'A', 'B'], differ)}")
+        print(f"Options that differ ({len(differ)}):\n{format_table(['option', 'A', 'B'], differ)}")
     for label, index in ("A", 0), ("B", 1):
-        only = [f"  {name} = {_fmt(values[index])}" for name, values in varying.items()
+        only = [f"  {name} = {format_value(values[index])}" for name, values in varying.items()
                 if values[1 - index] is MISSING]
         if only:
             print(f"Only in {label} ({len(only)}):", *only, sep="\n")
     if not varying:
         print(f"Options match ({len(a['options'])} options).")
     header, rows = _results([a, b])
-    print(f"\nResults:\n{_table(['run', *header], [['A', *rows[0]], ['B', *rows[1]]])}")
-    environment = [[key, _fmt(va), _fmt(vb)] for key, (va, vb)
+    print(f"\nResults:\n{format_table(['run', *header], [['A', *rows[0]], ['B', *rows[1]]])}")
+    environment = [[key, format_value(va), format_value(vb)] for key, (va, vb)
                    in _varying([a["environment"], b["environment"]]).items()
                    if key not in ENVIRONMENT_SKIPPED]
     if environment:
         print("\nEnvironment differences (for information):")
-        print(_table(["key", "A", "B"], environment))
+        print(format_table(["key", "A", "B"], environment))
 
 
 def _clip(text):
@@ -156,9 +156,9 @@ def _print_table(runs):
     if len(set(labels)) < len(labels):  # same folder name under different projects
         labels = [str(run["path"]) for run in runs]
     header, results = _results(runs)
-    rows = [[label] + [_clip(_fmt(values[index])) for values in varying.values()] + results[index]
+    rows = [[label] + [_clip(format_value(values[index])) for values in varying.values()] + results[index]
             for index, label in enumerate(labels)]
-    print(_table(["run", *varying, *header], rows))
+    print(format_table(["run", *varying, *header], rows))
     if not varying:
         print(f"\nOptions match across all {len(runs)} runs.")
 

@@ -25,9 +25,10 @@ class TrainingProgress:
         self.history = []  # one record per completed epoch
         self.epoch_sums = MetricSums()
         self.top_k = []  # with --save_top_k: {"epoch", "value", "file"} of the kept checkpoints, best first
+        self.pruned = False  # a trial of a sweep that the sweep stopped after this epoch
 
     def is_finished(self, n_epoch):
-        return self.epoch >= n_epoch or self.stopper.should_stop
+        return self.epoch >= n_epoch or self.stopper.should_stop or self.pruned
 
     def step_done(self, batches_done, group_stats):
         """An optimizer step finished after `batches_done` micro-batches of the epoch."""
@@ -79,7 +80,7 @@ class TrainingProgress:
         return {"epoch": self.epoch, "batches_done": self.batches_done, "global_step": self.global_step,
                 "skipped_steps": self.skipped_steps, "nonfinite_batches": self.nonfinite_batches,
                 "history": list(self.history), "early_stopper": self.stopper.state_dict(), "top_k": list(self.top_k),
-                "best_metric": self.stopper.best, "best_epoch": self.stopper.best_epoch}
+                "best_metric": self.stopper.best, "best_epoch": self.stopper.best_epoch, "pruned": self.pruned}
 
     def load_state_dict(self, state, epoch_sums, device):
         self.epoch = state["epoch"]
@@ -89,6 +90,7 @@ class TrainingProgress:
         self.nonfinite_batches = state["nonfinite_batches"]
         self.history = list(state["history"])
         self.top_k = list(state.get("top_k", []))
+        self.pruned = bool(state.get("pruned", False))
         self.stopper.load_state_dict(state["early_stopper"])
         self.epoch_sums = MetricSums()
         self.epoch_sums.load_state_dict(epoch_sums, device)

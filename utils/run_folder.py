@@ -259,6 +259,10 @@ def check_resumable(run, checkpoint, args, world_size):
                         f"{world_size}; each process draws its own batches, so resume with {launch}")
     done = TrainingProgress(args.monitor_mode, args.early_stop_patience, args.early_stop_delta)
     done.load_state_dict(checkpoint, checkpoint["epoch_sums"][0], "cpu")
+    status = (run.read_json("metrics.json") or {}).get("status")
+    if done.pruned and status == "pruned":
+        raise UserError(f"run {run.path} was pruned by its sweep after epoch {done.epoch}; a sweep trial does not "
+                        "train further")
     if not done.is_finished(args.n_epoch) or "test" not in (run.read_json("metrics.json") or {}):
         return
     if done.stopper.should_stop or args.lr_scheduler in SCHEDULES_OVER_N_EPOCH:

@@ -122,14 +122,17 @@ class Writer:
             tracker.close(status)
 
 
-def image_grid(images):
-    """A batch of images (N, C, H, W in [0, 1]) as one uint8 picture (H', W, 3), one image per row."""
+def image_grid(images, pad=2):
+    """A batch of images (N, C, H, W in [0, 1]) as one uint8 picture (H', W', 3), one image per row."""
     import torch
-    import torchvision
-    images = torch.as_tensor(images).detach().float().cpu()
+    images = torch.as_tensor(images).detach().float().cpu().clamp(0, 1)
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
-    grid = torchvision.utils.make_grid(images.clamp(0, 1), nrow=1, padding=2)
+    n, _, height, width = images.shape
+    grid = torch.zeros(3, n * (height + pad) + pad, width + 2 * pad)
+    for index, image in enumerate(images[:, :3]):
+        top = pad + index * (height + pad)
+        grid[:, top:top + height, pad:pad + width] = image
     return (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 

@@ -1,0 +1,154 @@
+"""sweep.py on Optuna: trials as ordinary run folders, pruning through the trainer's per-epoch
+report, a sweep killed and started again that ends with every trial complete or pruned exactly
+once and each trial bit-equal to the uninterrupted sweep's, the table, and bad input in one line."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import ROOT, load_plain, metric_history, read_json, refused
+
+optuna = pytest.importorskip("optuna")
+import sweep  # noqa: E402  (after the skip: it needs optuna)
+from utils.errors import UserError  # noqa: E402
+
+SPACE = ["--space", "lr=loguniform:1e-4:1e-1", "dropout=uniform:0:0.5", "batch_size=choice:32,64"]
+
+
+def task_options(data_dir, output_dir, *extra):
+    return ["--", "--data_dir", data_dir, "--output_dir", output_dir, "--n_epoch", "3", "--train_val_sample_rate",
+            "0.5", "--test_sample_rate", "0.25", "--deterministic", "--save_every_n_steps", "5", *extra]
+
+
+def sweep_command(data_dir, output_dir, *options):
+    return [sys.executable, ROOT / "sweep.py", ROOT / "trainer_vanilla.py", "--n_trials", "6", *SPACE,
+            "--startup_trials", "2", *options, *task_options(data_dir, output_dir)]
+
+
+def trials_of(folder):
+    """{number: (state, params, value, run folder)} from the study, read back with Optuna's API."""
+    study = optuna.load_study(study_name="vanilla", storage=f"sqlite:///{folder / 'study.db'}")
+    return {t.number: (t.state.name, t.params, t.value, Path(t.user_attrs["run_folder"])) for t in study.trials}
+
+
+def weights(run):
+    return load_plain(next(run.glob("*_last_ckpt.pth")))["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(fashion_dir, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = subprocess.run(list(map(str, sweep_command(fashion_dir, output_dir))), cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return output_dir / "sweep_vanilla", result.stdout
+
+
+def test_a_sweep_runs_every_trial_as_a_run_folder_and_prunes_through_the_trainer(uninterrupted):
+    folder, output = uninterrupted
+    trials = trials_of(folder)
+    assert sorted(trials) == list(range(6))
+    states = [state for state, *_ in trials.values()]
+    assert set(states) <= {"COMPLETE", "PRUNED"} and "PRUNED" in states and "COMPLETE" in states
+    for number, (state, params, value, run) in trials.items():
+        assert run.parent == folder and run.name.endswith(f"_trial{number:04d}")
+        options = read_json(run / "config.json")["options"]
+        assert {name: options[name] for name in params} == params  # the trial ran with the values drawn
+        metrics = read_json(run / "metrics.json")
+        assert (run / "summary" / "hparams").is_dir()  # a row in TensorBoard's HPARAMS tab, pruned or not
+        if state == "PRUNED":
+            assert metrics["status"] == "pruned" and "test" not in metrics and metrics["epochs_done"] < 3
+        else:
+            assert metrics["status"] == "completed" and "test/accuracy" in metrics["test"]
+            assert value == metrics["best_value"] == max(r["val/accuracy"] for r in metrics["history"])
+    assert len(list(folder.glob("*_trial*"))) == 6
+    table = list(csv.reader(open(folder / "trials.csv")))
+    assert table[0][:6] == ["best", "trial", "state", "lr", "dropout", "batch_size"]
+    best = max((t for t in trials.items() if t[1][0] == "COMPLETE"), key=lambda t: t[1][2])[0]
+    assert [row[1] for row in table[1:] if row[0] == "*"] == [str(best)]
+    assert "test/accuracy" in table[0] and f"trial {best} complete" in output
+
+
+def test_a_killed_sweep_started_again_finishes_every_trial_once_bit_equal(fashion_dir, tmp_path, uninterrupted):
+    expected = trials_of(uninterrupted[0])
+    command = list(map(str, sweep_command(fashion_dir, tmp_path)))
+    folder = tmp_path / "sweep_vanilla"
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(folder.glob("*_trial0002/Vanilla_last_ckpt.pth")):  # trial 2 has saved a state: kill now
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)  # the trial is told by the system (Linux) and saves its state
+    process.wait()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    trials = trials_of(folder)
+    assert sorted(trials) == list(range(6))
+    for number, (state, params, value, run) in trials.items():
+        assert (state, params, value) == expected[number][:3], number
+        assert metric_history(run) == metric_history(expected[number][3]), number
+        saved, reference = weights(run), weights(expected[number][3])
+        assert all(torch.equal(saved[name], reference[name]) for name in reference), number
+    assert len(list(folder.glob("*_trial*"))) == 6 + len(list(folder.glob("*.restarted")))
+    log = (trials[2][3] / "log.txt").read_text()
+    assert "resumed from" in log  # trial 2 continued its run folder instead of starting over
+    assert "trial 2 resumed from" in result.stdout
+
+
+def test_the_table_on_demand_reads_the_study(uninterrupted, capsys):
+    folder, _ = uninterrupted
+    assert sweep.main(["--table", folder]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:6] == ["best", "trial", "state", "lr", "dropout", "batch_size"] and len(lines) >= 7
+
+
+def test_a_grid_sweep_from_a_space_file_visits_each_point_once(fashion_dir, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: grid:0.001,0.01\nbatch_size: [32, 64]\n")
+    with pytest.raises(UserError, match="mixes grid: with other kinds"):  # a list is a choice, not a grid
+        sweep.main(["trainer_vanilla.py", "--space", space, *task_options(fashion_dir, tmp_path)])
+    space.write_text('{"lr": "grid:0.001,0.01", "batch_size": {"kind": "grid", "values": [32, 64]}}\n')
+    output = tmp_path / "out"
+    result = subprocess.run([sys.executable, "sweep.py", "trainer_vanilla.py", "--space", str(space), "--pruner",
+                             "none", *map(str, task_options(fashion_dir, output, "--n_epoch", "1"))], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = optuna.load_study(study_name="vanilla", storage=f"sqlite:///{output / 'sweep_vanilla' / 'study.db'}")
+    points = sorted((t.params["lr"], t.params["batch_size"]) for t in study.trials)
+    assert points == [(0.001, 32), (0.001, 64), (0.01, 32), (0.01, 64)]
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+@pytest.mark.parametrize("space, expected", [
+    (["lr=loguniform:0:1"], "expected LOW < HIGH, both > 0"),
+    (["lr=normal:0:1"], "unknown kind 'normal'"),
+    (["lrr=uniform:0.1:0.2"], "--space lrr: not an option of the task script; did you mean lr?"),
+    (["batch_size=choice:32,-1"], "the task refuses -1"),
+    (["dropout=uniform:0:0.5", "lr=grid:0.1,0.2"], "mixes grid: with other kinds"),
+    (["resume=choice:a,b"], "--space resume: this option cannot be swept"),
+])
+def test_a_bad_space_is_one_line_naming_it(space, expected, fashion_dir, tmp_path, capsys):
+    error = refused(lambda argv: sys.exit(sweep.run_cli(sweep.main, argv)),
+                    ["trainer_vanilla.py", "--space", *space, *task_options(fashion_dir, tmp_path)], capsys)
+    assert expected in error and not (tmp_path / "sweep_vanilla").exists()
+
+
+def test_an_option_both_swept_and_fixed_is_refused(fashion_dir, tmp_path, capsys):
+    error = refused(lambda argv: sys.exit(sweep.run_cli(sweep.main, argv)),
+                    ["trainer_vanilla.py", *SPACE, *task_options(fashion_dir, tmp_path, "--lr", "0.1")], capsys)
+    assert "--space lr and --lr after --" in error
+
+
+def test_another_sweep_under_the_same_name_is_refused(uninterrupted, fashion_dir, capsys):
+    folder, _ = uninterrupted
+    error = refused(lambda argv: sys.exit(sweep.run_cli(sweep.main, argv)),
+                    ["trainer_vanilla.py", "--space", "lr=uniform:0.1:0.2", *task_options(fashion_dir, folder.parent)],
+                    capsys)
+    assert "holds a sweep with another space" in error and "--name" in error
