@@ -169,6 +169,7 @@ class Sweep:
 
     def run(self, n_jobs):
         """Run trials until the study holds n_trials finished ones; returns the exit code."""
+        self.n_jobs = n_jobs
         threads = [threading.Thread(target=self.worker, args=(self.devices[i % len(self.devices)]
                                                                if self.devices else None,), daemon=True)
                    for i in range(n_jobs)]
@@ -284,6 +285,8 @@ class Sweep:
         env = dict(os.environ, TORCH_TEMPLATE_SWEEP=json.dumps(spec))
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
+        if self.n_jobs > 1 and "OMP_NUM_THREADS" not in os.environ:  # the trials share this machine's cores
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.n_jobs))
         with open(self.folder / "logs" / f"trial_{trial.number:04d}.txt", "a") as log:
             # Its own session: a Ctrl+C reaches the sweep alone, which passes it on once per press.
             process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
