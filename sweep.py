@@ -340,8 +340,17 @@ class Sweep:
                 outcome = f"complete: best {metrics.get('monitor')} {best:.6g}"
             else:
                 self.study.tell(trial.number, state=TrialState.FAIL)
-                outcome = f"failed (exit code {code}; see {self.folder / 'logs' / f'trial_{trial.number:04d}.txt'})"
+                log = self.folder / "logs" / f"trial_{trial.number:04d}.txt"
+                outcome = f"failed (exit code {code}: {last_line(log)}; see {log})"
         print(f"trial {trial.number} {outcome}", flush=True)
+
+
+def last_line(path):
+    try:
+        lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no output"
+    return lines[-1][:300] if lines else "no output"
 
 
 def read_metrics(folder):
@@ -471,6 +480,8 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(own)
     import_optional("optuna", "optuna", "sweep.py")
+    if os.name == "nt":
+        raise UserError("sweep.py needs Linux or macOS: it coordinates trials with flock file locks")
     if args.table is not None:
         return table_of(args.table, args.storage)
     if args.script is None or not args.space:

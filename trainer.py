@@ -28,6 +28,7 @@ Guarantees and limits:
   exact at optimizer step boundaries (`--save_every_n_steps`), not at micro-batches of an
   accumulation group.
 """
+import os
 import signal
 import sys
 import time
@@ -99,7 +100,7 @@ class TrainerBase(TaskBase):
             args.n_epoch, args.log_every_n_steps = 1, 1
         check_installed(args.logger)
         if "mlflow" in args.logger and args.mlflow_uri is None:  # the store this run and its resumes use
-            args.mlflow_uri = mlflow_uri("mlruns")
+            args.mlflow_uri = mlflow_uri(os.environ.get("MLFLOW_TRACKING_URI") or "mlruns")
         if args.resume is None:
             return args, None
         if config is not None:

@@ -152,3 +152,13 @@ def test_another_sweep_under_the_same_name_is_refused(uninterrupted, fashion_dir
                     ["trainer_vanilla.py", "--space", "lr=uniform:0.1:0.2", *task_options(fashion_dir, folder.parent)],
                     capsys)
     assert "holds a sweep with another space" in error and "--name" in error
+
+
+def test_a_trial_that_fails_is_recorded_with_its_error_and_the_sweep_goes_on(fashion_dir, tmp_path):
+    result = subprocess.run([sys.executable, "sweep.py", "trainer_vanilla.py", "--space", "lr=grid:1e30,0.001",
+                             *map(str, task_options(fashion_dir, tmp_path, "--n_epoch", "1", "--optim", "sgd"))],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "trial 0 failed (exit code 2: error: loss is nan" in result.stdout
+    study = optuna.load_study(study_name="vanilla", storage=f"sqlite:///{tmp_path / 'sweep_vanilla' / 'study.db'}")
+    assert [(t.params["lr"], t.state.name) for t in study.trials] == [(1e30, "FAIL"), (0.001, "COMPLETE")]

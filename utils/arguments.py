@@ -57,7 +57,8 @@ def add_base_arguments(parser, model_types, data_types):
                      help=f"where scalars go, comma-separated: {', '.join(LOGGERS)} (csv: metrics.csv in the run "
                           "folder; mlflow and wandb need their packages) (default: tensorboard)")
     run.add_argument("--mlflow_uri", type=mlflow_uri, default=None, metavar="URI",
-                     help="with --logger mlflow: the tracking URI or a local folder (default: ./mlruns, a file store)")
+                     help="with --logger mlflow: the tracking URI or a local folder (default: $MLFLOW_TRACKING_URI, "
+                          "else ./mlruns, a file store)")
 
     debug = parser.add_argument_group("debug runs")
     debug.add_argument("--fast_dev_run", type=non_negative_int, nargs="?", const=2, default=0, metavar="N",

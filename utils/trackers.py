@@ -13,11 +13,11 @@ written: a kill in between is repaired on resume), and each tracker's run id, wh
 continues.
 
 - csv: `metrics.csv` in the run folder, a row `tag,step,value` per scalar, in the order logged.
-- mlflow: a run in the experiment `<proj_name>` of `--mlflow_uri` (default: the file store
-  `./mlruns`), named as the run folder: the options as params, the scalars as metrics (step: the
+- mlflow: a run in the experiment `<proj_name>` (or $MLFLOW_EXPERIMENT_NAME) of `--mlflow_uri`
+  (default: $MLFLOW_TRACKING_URI, else the file store `./mlruns`), named as the run folder: the options as params, the scalars as metrics (step: the
   epoch, or the optimizer step for `train/step_*`), images as artifacts; ends FINISHED, KILLED
   (stopped, resumable) or FAILED. Needs `pip install mlflow-skinny` (or mlflow).
-- wandb: a W&B run in project `<proj_name>`, its files in `<run folder>/wandb/`; offline unless
+- wandb: a W&B run in project `<proj_name>`, its files in `<run folder>/wandb/` (or $WANDB_DIR); offline unless
   the user has logged in (WANDB_API_KEY, `wandb login`) or set WANDB_MODE. Scalars are plotted
   against `epoch` or `global_step`, the test metrics go to the run summary. Needs `pip install wandb`.
 """
@@ -222,7 +222,7 @@ class MlflowTracker:
                 self.run_id = run_id
                 self.repair(redo)
                 return
-            name = options.get("proj_name") or "Default"
+            name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or options.get("proj_name") or "Default"
             experiment = self.client.get_experiment_by_name(name)
             experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
             run = self.client.create_run(experiment_id, run_name=Path(run_path).name,
@@ -284,7 +284,7 @@ class WandbTracker:
         settings = wandb.Settings(console="off", quiet=True, x_disable_stats=True, save_code=False)
         try:
             self.run = wandb.init(project=options.get("proj_name") or "Default", name=Path(run_path).name,
-                                  dir=str(run_path), config=options, id=run_id, mode=mode, settings=settings,
+                                  dir=os.environ.get("WANDB_DIR") or str(run_path), config=options, id=run_id, mode=mode, settings=settings,
                                   resume="must" if resumed and mode == "online" else "allow" if resumed else None)
         except Exception as error:  # W&B's errors are its own classes; none is ours to handle
             raise UserError(f"--logger wandb: {type(error).__name__}: {str(error).splitlines()[0]}") from None
