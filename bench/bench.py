@@ -367,8 +367,9 @@ def make_row(section, key, measure, values, better, compare=True):
         row["toolkit/handwritten_best"] = best["toolkit"] / best["handwritten"]
     if "naive" in summary:
         row["toolkit/naive"] = paired_ratio(values["toolkit"], values["naive"])
-    if key in TARGETS and "toolkit/handwritten" in row:
-        row["target"], row["result"] = check(key, row["toolkit/handwritten"])
+    target = key.split()[0]  # "pipeline 32": the pipeline row of one model
+    if target in TARGETS and "toolkit/handwritten" in row:
+        row["target"], row["result"] = check(target, row["toolkit/handwritten"])
     return row
 
 
@@ -646,8 +647,10 @@ def unet_section(options, scratch):
 
 
 # ---------------------------------------------------------------------------- prediction section
-PREDICT = {"full": {"images": 64, "photo": (1280, 1918), "img_size": (128, 192), "base_width": 16},
-           "quick": {"images": 16, "photo": (320, 480), "img_size": (64, 96), "base_width": 8}}
+# Two models: the task's default (UNet base 32 at 320x480, what a Kaggle run trains) and a small one,
+# whose model stage is so cheap on the CPU that decoding and encoding, on the same cores, weigh as much.
+PREDICT = {"full": {"images": 64, "photo": (1280, 1918), "models": [((320, 480), 32), ((128, 192), 16)]},
+           "quick": {"images": 16, "photo": (320, 480), "models": [((64, 96), 8)]}}
 PREDICT_CHILD = """
 import resource, sys, time
 sys.path.insert(0, {root!r})
@@ -677,15 +680,11 @@ def predict_child(argv, environment):
 
 def predict_section(options, scratch):
     """Kaggle's submission pipeline (eval_seg_on_carvana.py --input_dir --submission) against the
-    slowest of its stages measured alone, and its peak memory at 1x and 4x the images."""
-    import torch
-
-    from data.carvana import CarvanaImages
+    slowest of its stages measured alone, for each model of PREDICT; and its peak memory at 1x and
+    4x the images (with the first model)."""
     from data.synthetic_carvana import write_carvana
-    from trainer_seg_on_carvana import SegOnCarvanaTrainer, car_probability
-    from utils.rle import rle_encode
     settings = PREDICT["quick" if options.quick else "full"]
-    count, (height, width), workers = settings["images"], settings["photo"], min(4, os.cpu_count() or 1)
+    count, (height, width) = settings["images"], settings["photo"]
     root = scratch / "predict"
     log(f"writing {4 * count} synthetic photos of {width}x{height} to {root}")
     write_carvana(root / "photos", n_cars=count, views=4, size=(height, width), seed=options.seed)
@@ -695,15 +694,39 @@ def predict_section(options, scratch):
         for path in chosen:
             (root / name / path.name).symlink_to(path)
     small = write_carvana(root / "small", n_cars=4, views=2, size=(64, 96), seed=options.seed)
-    trainer_argv = ["--data_dir", str(small), "--output_dir", str(root / "runs"), "--img_size", *map(str, settings["img_size"]),
-                    "--base_width", str(settings["base_width"]), "--n_epoch", "1", "--val_ratio", "0.25",
+    rows, setups = [], []
+    for index, (img_size, base_width) in enumerate(settings["models"]):
+        model_rows, setup = predict_model(options, root, small, count, (height, width), img_size, base_width,
+                                          memory=index == 0)
+        rows += model_rows
+        setups.append(setup)
+    details = {"train_samples": {}, "eval_samples": {}, "setup": "; ".join(setups) + (
+        "; toolkit column = the submission pipeline, hand-written column = the slowest stage alone "
+        "(pipeline row), the stages one after the other (serial row) or the pipeline on 1x the images (memory row)")}
+    return rows, details
+
+
+def predict_model(options, root, small, count, photo, img_size, base_width, memory):
+    """The rows of one model: each stage alone, the pipeline against the slowest and against the
+    stages in sequence, and (with `memory`) peak memory at 4x against 1x the images."""
+    import torch
+
+    from data.carvana import CarvanaImages
+    from trainer_seg_on_carvana import SegOnCarvanaTrainer, car_probability
+    from utils.rle import rle_encode
+    (height, width), workers = photo, min(4, os.cpu_count() or 1)
+    label = f"UNet base {base_width} at {img_size[0]}x{img_size[1]}"
+    log(f"prediction with {label}")
+    runs_dir = root / f"runs_{base_width}_{img_size[0]}"
+    trainer_argv = ["--data_dir", str(small), "--output_dir", str(runs_dir), "--img_size", *map(str, img_size),
+                    "--base_width", str(base_width), "--n_epoch", "1", "--val_ratio", "0.25",
                     "--test_ratio", "0.25", "--gpu_devices", "0" if options.device == "cuda" else "cpu"]
     assert SegOnCarvanaTrainer.main(trainer_argv) == 0
-    checkpoint = next((root / "runs").glob("*/UNet_best_ckpt.pth"))
+    checkpoint = next(runs_dir.glob("*/UNet_best_ckpt.pth"))
     environment = {**os.environ, **MALLOC_ENV}
 
     # The stages alone, in this process, on the 1x images.
-    images = CarvanaImages(root / "1x", settings["img_size"])
+    images = CarvanaImages(root / "1x", img_size)
     loader = torch.utils.data.DataLoader(images, batch_size=UNET_BATCH, num_workers=workers)
     start = time.perf_counter()
     batches = [batch["image"] for batch in loader]
@@ -732,26 +755,24 @@ def predict_section(options, scratch):
     slowest = min(stages, key=stages.get)
 
     runs = {}
-    for name in ("1x", "4x"):
-        argv = ["--model_path", checkpoint, "--input_dir", root / name, "--submission", root / f"{name}.csv.gz",
+    for name in ("1x", "4x") if memory else ("1x",):
+        argv = ["--model_path", checkpoint, "--input_dir", root / name, "--submission", root / f"{name}_{base_width}.csv.gz",
                 "--num_workers", workers, "--eval_batch_size", UNET_BATCH]
         runs[name] = predict_child(argv, environment)
     pipeline = count / runs["1x"][0]
-    rows = [make_row("predict", "stage", f"stage alone, images/s: {name}", {"toolkit": [rate]}, "higher", compare=False)
-            for name, rate in stages.items()]
-    row = make_row("predict", "pipeline", f"submission images/s vs slowest stage ({slowest})",
-                   {"toolkit": [pipeline], "handwritten": [stages[slowest]]}, "higher")
+    rows = [make_row("predict", f"stage {base_width}", f"{label}: stage alone, images/s: {name}", {"toolkit": [rate]},
+                     "higher", compare=False) for name, rate in stages.items()]
+    rows.append(make_row("predict", f"pipeline {base_width}", f"{label}: submission images/s vs slowest stage ({slowest})",
+                         {"toolkit": [pipeline], "handwritten": [stages[slowest]]}, "higher"))
     serial = 1 / sum(1 / rate for rate in stages.values())  # one stage after the other, nothing overlapped
-    in_turn = make_row("predict", "serial", "submission images/s vs the stages one after the other",
-                       {"toolkit": [pipeline], "handwritten": [serial]}, "higher")
-    memory = make_row("predict", "flat", f"peak RSS MiB, {4 * count} vs {count} images",
-                      {"toolkit": [runs["4x"][1]], "handwritten": [runs["1x"][1]]}, "lower")
-    details = {"train_samples": {}, "eval_samples": {}, "setup": (
-        f"UNet base {settings['base_width']} at {settings['img_size'][0]}x{settings['img_size'][1]}, photos "
-        f"{width}x{height}, {count} and {4 * count} images, {workers} decoding workers, batch {UNET_BATCH}; "
-        "toolkit column = the submission pipeline, hand-written column = the slowest stage alone "
-        "(pipeline row) or the pipeline on 1x the images (memory row)")}
-    return [*rows, row, in_turn, memory], details
+    rows.append(make_row("predict", f"serial {base_width}", f"{label}: submission images/s vs the stages one after the other",
+                         {"toolkit": [pipeline], "handwritten": [serial]}, "higher"))
+    if memory:
+        rows.append(make_row("predict", "flat", f"{label}: peak RSS MiB, {4 * count} vs {count} images",
+                             {"toolkit": [runs["4x"][1]], "handwritten": [runs["1x"][1]]}, "lower"))
+    setup = (f"{label}: photos {width}x{height}, {count}" + (f" and {4 * count}" if memory else "")
+             + f" images, {workers} decoding workers, batch {UNET_BATCH}")
+    return rows, setup
 
 
 SECTIONS = {"vanilla": vanilla_section, "recipes": recipes_section, "unet": unet_section, "predict": predict_section}
