@@ -27,7 +27,6 @@ a trial's epochs (maximised or minimised as its `--monitor_mode` says).
   `tensorboard --logdir <sweep folder>` shows every trial in the HPARAMS tab.
 Needs `pip install optuna` (SQLAlchemy comes with it). Linux and macOS (it locks files with flock).
 """
-import argparse
 import difflib
 import importlib.util
 import itertools
@@ -51,13 +50,13 @@ NOT_SWEPT = ("resume", "config", "print_config", "output_dir", "proj_name", "mon
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], usage="%(prog)s SCRIPT [options] -- "
-                                     "[the script's options]\n       %(prog)s --table SWEEP_FOLDER",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from utils.options import Parser, non_negative_int, positive_int
+    parser = Parser(description=__doc__.splitlines()[0], usage="%(prog)s SCRIPT [options] -- "
+                    "[the script's options]\n       %(prog)s --table SWEEP_FOLDER")
     parser.add_argument("script", nargs="?", type=Path, help="the task script, e.g. trainer_vanilla.py")
     parser.add_argument("--space", nargs="+", default=None, metavar="NAME=KIND:...",
                         help="the swept options, or one .yaml/.json file of them (see utils/search_space.py)")
-    parser.add_argument("--n_trials", type=int, default=None,
+    parser.add_argument("--n_trials", type=positive_int, default=None,
                         help="trials in the study, counting those of earlier starts (default 20; a grid: its size)")
     parser.add_argument("--name", default=None, help="the sweep's name: sweep_<name> and the study (default: the script's task)")
     parser.add_argument("--storage", default=None, help="an Optuna database URL (default: sqlite, study.db in the sweep folder)")
@@ -65,10 +64,10 @@ def build_parser():
                         help="how values are drawn (a grid: space visits its points in order)")
     parser.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
                         help="stop trials that do worse at an epoch than the median of the others, or successive halving")
-    parser.add_argument("--startup_trials", type=int, default=2, help="median: trials finished before any is pruned")
-    parser.add_argument("--warmup_epochs", type=int, default=1, help="no trial is pruned before this many epochs")
-    parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
-    parser.add_argument("--n_jobs", type=int, default=None, help="trials run at a time here (default: 1, or one per --gpus)")
+    parser.add_argument("--startup_trials", type=non_negative_int, default=2, help="median: trials finished before any is pruned")
+    parser.add_argument("--warmup_epochs", type=non_negative_int, default=1, help="no trial is pruned before this many epochs")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="the sampler's seed")
+    parser.add_argument("--n_jobs", type=positive_int, default=None, help="trials run at a time here (default: 1, or one per --gpus)")
     parser.add_argument("--gpus", default=None, metavar="LIST", help="comma-separated GPU ids, one trial on each at a time")
     parser.add_argument("--table", type=Path, default=None, metavar="SWEEP_FOLDER", help="print a sweep's table and exit")
     return parser
@@ -494,13 +493,10 @@ def main(argv=None):
     check_space(params, task_parser, task_argv)
     grid = grid_size(params)
     n_trials = args.n_trials if args.n_trials is not None else grid or 20
-    if n_trials < 1 or (grid and n_trials > grid):
-        raise UserError(f"--n_trials {n_trials}: expected 1 to {grid or 'any number'}"
-                        + (f" (the grid has {grid} points)" if grid else ""))
+    if grid and n_trials > grid:
+        raise UserError(f"--n_trials {n_trials}: the grid has {grid} points; expected at most {grid}")
     devices = [d.strip() for d in args.gpus.split(",") if d.strip()] if args.gpus else []
     n_jobs = args.n_jobs or max(1, len(devices))
-    if n_jobs < 1:
-        raise UserError(f"--n_jobs {n_jobs}: expected 1 or more")
 
     name = args.name or Path(args.script).stem.removeprefix("trainer_")
     folder = ((options.output_dir or Path("Results") / options.proj_name) / f"sweep_{name}").resolve()
