@@ -172,18 +172,20 @@ class Sweep:
         threads = [threading.Thread(target=self.worker, args=(self.devices[i % len(self.devices)]
                                                                if self.devices else None,), daemon=True)
                    for i in range(n_jobs)]
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: self.stop(signal.SIGTERM))
+        self.working = n_jobs  # workers not yet returned; a Ctrl+C must not land in Thread.join (it can
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: self.stop(signal.SIGTERM))  # lose threads)
         try:
             for thread in threads:
                 thread.start()
-            while any(thread.is_alive() for thread in threads):
+            while self.working:
                 try:
-                    for thread in threads:
-                        thread.join(timeout=0.2)
+                    time.sleep(0.2)
                 except KeyboardInterrupt:  # each press goes to the trials: the second stops them at once
                     self.stop(signal.SIGINT)
         finally:
             signal.signal(signal.SIGTERM, previous)
+        for thread in threads:
+            thread.join()
         if self.failed:
             print("sweep stopped by the error above; the same command continues it", flush=True)
             return 1
@@ -218,6 +220,9 @@ class Sweep:
             self.failed = True
             self.stop(signal.SIGTERM)
             raise
+        finally:
+            with self.lock:
+                self.working -= 1
 
     def trial_lock(self, number):
         return self.folder / "logs" / f"trial_{number:04d}.lock"
@@ -232,8 +237,18 @@ class Sweep:
             for frozen in trials:
                 if frozen.state == TrialState.RUNNING:
                     fd = try_lock(self.trial_lock(frozen.number))
-                    if fd is not None:
-                        return optuna.trial.Trial(self.study, frozen._trial_id), fd, frozen.params, False
+                    if fd is None:
+                        continue
+                    frozen = self.study._storage.get_trial(frozen._trial_id)  # as it is now that it is ours
+                    if frozen.state != TrialState.RUNNING:  # told by its process between the read and the lock
+                        os.close(fd)
+                        continue
+                    if set(frozen.params) != {param.name for param in self.params}:  # killed while drawing
+                        self.study.tell(frozen.number, state=TrialState.FAIL)
+                        print(f"trial {frozen.number} failed (stopped before its values were drawn)", flush=True)
+                        os.close(fd)
+                        continue
+                    return optuna.trial.Trial(self.study, frozen._trial_id), fd, frozen.params, False
             started = sum(frozen.state != TrialState.WAITING for frozen in trials)
             if started < self.n_trials:
                 # Seeded by the trial's place: a sweep started again draws what it would have drawn.
@@ -303,7 +318,7 @@ class Sweep:
                         trial.set_user_attr("run_folder", str(Path(message["run_folder"]).resolve()))
                     answer = {}
                 else:
-                    answer = {"prune": self.decide(trial, message["epoch"], message["value"])}
+                    answer = {"prune": self.decide(trial, message["epoch"], message["value"], message.get("last"))}
                 try:
                     writer.write(json.dumps(answer) + "\n")
                     writer.flush()
@@ -313,15 +328,16 @@ class Sweep:
         del self.children[trial.number]
         return code
 
-    def decide(self, trial, epoch, value):
-        """Report the trial's monitor after `epoch`; whether the pruner stops it there. An epoch
-        reported before (a resumed trial that repeats it) gets the decision it got then."""
+    def decide(self, trial, epoch, value, last=False):
+        """Report the trial's monitor after `epoch`; whether the pruner stops it there (never after
+        its `last` epoch: it is trained, it gets its test). An epoch reported before (a resumed trial
+        that repeats it) gets the decision it got then."""
         frozen = self.frozen(trial)
         with self.lock:
             if epoch in frozen.intermediate_values:
                 return frozen.user_attrs.get("pruned_at") == epoch
             trial.report(float(value), epoch)
-            prune = bool(trial.should_prune())
+            prune = not last and bool(trial.should_prune())
             if prune:
                 trial.set_user_attr("pruned_at", epoch)
         return prune
@@ -330,7 +346,7 @@ class Sweep:
         from optuna.trial import TrialState
         metrics = read_metrics(folder)
         status, best = metrics.get("status"), metrics.get("best_value")
-        with self.lock:
+        with self.lock, file_lock(self.folder / "sweep.lock"):  # never between another process's read and lock
             if status == "pruned":  # the status is written last: the run got that far, whatever its exit code
                 self.study.tell(trial.number, state=TrialState.PRUNED)
                 outcome = f"pruned after epoch {metrics.get('epochs_done')}"
@@ -404,9 +420,10 @@ def show_table(study, params, folder):
 
 
 # ------------------------------------------------------------------ set-up
-def open_study(storage, name, direction, params, args):
+def open_study(url, name, direction, params, args):
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = url
     try:
         if storage.startswith("sqlite:"):
             storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 300}})
@@ -420,9 +437,8 @@ def open_study(storage, name, direction, params, args):
             for point in itertools.product(*(param.values for param in params)):
                 study.enqueue_trial(dict(zip((param.name for param in params), point)), skip_if_exists=True)
         return study
-    except (ImportError, ValueError, optuna.exceptions.OptunaError) as error:  # a bad URL, a missing driver
-        raise UserError(f"--storage {storage if isinstance(storage, str) else storage.url}: "
-                        f"{str(error).splitlines()[0]}") from None
+    except Exception as error:  # a bad URL, a missing driver, a database that does not answer (SQLAlchemy's errors)
+        raise UserError(f"--storage {url}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
 
 
 def sampler_maker(params, args):
@@ -439,17 +455,23 @@ def sampler_maker(params, args):
 
 
 def record(folder, content):
-    """sweep.json: what defines the sweep; a later start must match it."""
+    """sweep.json: what defines the sweep; a later start must match it, and uses its storage when
+    it names none. Returns the storage URL (None: study.db in the folder)."""
     from utils.checkpoint import write_json_atomic
     path = folder / "sweep.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_json_file(path)
         differ = [key for key in ("script", "space", "task_options") if saved.get(key) != content[key]]
         if differ:
             raise UserError(f"{folder} holds a sweep with another {' and '.join(differ)} ({path}); continue it with "
                             "the same command, or give this one another --name")
-        content = {**saved, **{key: value for key, value in content.items() if key == "storage"}}
+        if content["storage"] is None:
+            content["storage"] = saved.get("storage")
+        elif content["storage"] != saved.get("storage"):
+            raise UserError(f"--storage {content['storage']}: the sweep in {folder} keeps its study in "
+                            f"{saved.get('storage') or 'study.db there'}; continue it there, or give this one another --name")
     write_json_atomic(content, path)
+    return content["storage"]
 
 
 def table_of(folder, storage):
@@ -485,7 +507,7 @@ def main(argv=None):
         return table_of(args.table, args.storage)
     if args.script is None or not args.space:
         parser.error("give the task script and --space (or --table SWEEP_FOLDER)")
-    if "--resume" in task_argv:
+    if any(arg == "--resume" or arg.startswith("--resume=") for arg in task_argv):
         raise UserError("--resume after --: a sweep resumes its own trials; start the same sweep command again")
     params = parse_space(args.space)
     trainer = load_trainer(args.script)
@@ -501,12 +523,11 @@ def main(argv=None):
     name = args.name or Path(args.script).stem.removeprefix("trainer_")
     folder = ((options.output_dir or Path("Results") / options.proj_name) / f"sweep_{name}").resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    storage = args.storage or f"sqlite:///{folder / 'study.db'}"
     direction = "maximize" if options.monitor_mode == "max" else "minimize"
-    record(folder, {"script": str(Path(args.script).resolve()), "study": name, "task_options": task_argv,
-                    "space": {param.name: param.describe() for param in params}, "monitor": options.monitor,
-                    "direction": direction, "storage": args.storage})
-    study = open_study(storage, name, direction, params, args)
+    storage = record(folder, {"script": str(Path(args.script).resolve()), "study": name, "task_options": task_argv,
+                              "space": {param.name: param.describe() for param in params}, "monitor": options.monitor,
+                              "direction": direction, "storage": args.storage})
+    study = open_study(storage or f"sqlite:///{folder / 'study.db'}", name, direction, params, args)
     print(f"sweep {name}: {n_trials} trials of {args.script}, {direction} {options.monitor}, in {folder}", flush=True)
     sweep = Sweep(folder, study, sampler_maker(params, args), params, Path(args.script).resolve(), task_argv, n_trials, devices)
     code = sweep.run(n_jobs)

@@ -238,8 +238,8 @@ class TrainerBase(TaskBase):
                   "time_s": round(ended - started, 4)}
         improved = progress.end_epoch(record, args.monitor)
         if self.sweep is not None or self.world_size > 1:  # decided before the save, which keeps the decision
-            progress.pruned = distributed.any_rank(
-                self.sweep is not None and self.sweep.should_prune(progress.epoch, record[args.monitor]), self.device)
+            progress.pruned = distributed.any_rank(self.sweep is not None and self.sweep.should_prune(
+                progress.epoch, record[args.monitor], last=progress.is_finished(args.n_epoch)), self.device)
         self.optimization.scheduler.end_epoch(record[args.monitor])
         also, dropped = None, []
         if args.save_top_k:

@@ -162,3 +162,55 @@ def test_a_trial_that_fails_is_recorded_with_its_error_and_the_sweep_goes_on(fas
     assert "trial 0 failed (exit code 2: error: loss is nan" in result.stdout
     study = optuna.load_study(study_name="vanilla", storage=f"sqlite:///{tmp_path / 'sweep_vanilla' / 'study.db'}")
     assert [(t.params["lr"], t.state.name) for t in study.trials] == [(1e30, "FAIL"), (0.001, "COMPLETE")]
+
+
+def test_ctrl_c_stops_the_trials_which_save_and_the_same_command_continues(fashion_dir, tmp_path, uninterrupted):
+    expected = trials_of(uninterrupted[0])
+    command = [str(arg) for arg in sweep_command(fashion_dir, tmp_path)]
+    command[command.index("6")] = "2"  # --n_trials 2: the first two trials of the uninterrupted sweep
+    folder = tmp_path / "sweep_vanilla"
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not list(folder.glob("*_trial0000/Vanilla_last_ckpt.pth")):
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 130, output
+    assert "trial 0 stopped (it continues when the sweep is started again)" in output  # it waited for the trial
+    assert trials_of(folder)[0][0] == "RUNNING"
+    assert "stopped by SIGINT" in (trials_of(folder)[0][3] / "log.txt").read_text()  # the trial saved its state
+
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = trials_of(folder)
+    for number in (0, 1):
+        assert trials[number][:3] == expected[number][:3]
+        reference = weights(expected[number][3])
+        assert all(torch.equal(weights(trials[number][3])[name], reference[name]) for name in reference)
+
+
+def test_a_trial_told_by_another_process_between_the_read_and_the_lock_is_not_taken(tmp_path, monkeypatch):
+    """Two sweep processes on one study: the other one finishes trial 0 right after this one read
+    the trials and before it locks trial 0's file."""
+    from argparse import Namespace
+
+    from utils.search_space import parse_space
+    params = parse_space(["lr=uniform:0.1:0.2"])
+    args = Namespace(seed=0, sampler="tpe", pruner="none", startup_trials=2, warmup_epochs=1)
+    study = sweep.open_study(f"sqlite:///{tmp_path / 'study.db'}", "vanilla", "maximize", params, args)
+    running = study.ask()
+    params[0].suggest(running)
+    (tmp_path / "logs").mkdir()
+    real_lock = sweep.try_lock
+
+    def told_meanwhile(path):
+        if path.name == "trial_0000.lock":
+            study.tell(running, 0.5)  # the other process
+        return real_lock(path)
+    monkeypatch.setattr(sweep, "try_lock", told_meanwhile)
+    worker = sweep.Sweep(tmp_path, study, sweep.sampler_maker(params, args), params, Path("trainer_vanilla.py"), [],
+                         n_trials=2, devices=[])
+    trial, fd, values, new = worker.claim()
+    os.close(fd)
+    assert trial.number == 1 and new and set(values) == {"lr"}

@@ -175,3 +175,26 @@ def test_images_reach_mlflow_and_wandb(carvana_dir, tmp_path, monkeypatch):
     assert [(row["epoch"], row[kind]) for row in rows if kind in row] == [(1, "image-file"), (2, "image-file")]
     assert all(any((run / "wandb").glob(f"offline-run-*/files/{row['val/image_truth_prediction/path']}"))
                for row in rows if kind in row)
+
+
+def test_a_kill_after_the_test_logs_each_test_result_once(fashion_dir, tmp_path):
+    """Killed after its test results reached the trackers but before metrics.json said so, the run
+    is resumed, tests again, and MLflow still holds each test result once."""
+    from utils.errors import UserError
+
+    class KilledAfterTheTest(VanillaTrainer):
+        def write_metrics(self, status, test=None, tested=None):
+            if status == "completed":
+                raise UserError("killed")  # as a kill would leave it: metrics.json still says running
+            super().write_metrics(status, test, tested)
+    KilledAfterTheTest.__name__ = "VanillaTrainer"
+
+    flags = [*QUICK, "--logger", "csv,mlflow", "--log_every_n_steps", "2"]
+    full = train_vanilla(fashion_dir, tmp_path / "full", *flags, "--mlflow_uri", tmp_path / "full_store")
+    store = tmp_path / "cut_store"
+    with pytest.raises(SystemExit):
+        train_vanilla(fashion_dir, tmp_path / "cut", *flags, "--mlflow_uri", store, trainer_class=KilledAfterTheTest)
+    run = run_dirs(tmp_path / "cut")[0]
+    assert "test/accuracy" in mlflow_runs(store)[run.name][2]  # the interrupted process had sent them
+    assert VanillaTrainer.main(["--resume", str(run / "Vanilla_last_ckpt.pth")]) == 0
+    assert mlflow_runs(store)[run.name][2] == csv_histories(full) == csv_histories(run)

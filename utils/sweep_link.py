@@ -50,9 +50,10 @@ class SweepLink:
     def started(self, run_folder):
         self.send({"run_folder": str(run_folder)})
 
-    def should_prune(self, epoch, value):
-        """Report the monitor's `value` after `epoch`; True when the sweep prunes the trial here."""
-        answer = self.send({"epoch": epoch, "value": value})
+    def should_prune(self, epoch, value, last=False):
+        """Report the monitor's `value` after `epoch`; True when the sweep prunes the trial here
+        (never after the `last` epoch)."""
+        answer = self.send({"epoch": epoch, "value": value, "last": last})
         return bool(answer and answer.get("prune"))
 
     def close(self):

@@ -9,8 +9,8 @@ receive the kept events only when the training state they belong to has been sav
 so that a resumed run, which logs again everything after its checkpoint, neither repeats nor
 misses a step in them; TensorBoard gets the same effect from its `purge_step`. The checkpoint
 records how many scalars were committed, the scalars of its own commit (sent just after it was
-written: a kill in between is repaired on resume), and each tracker's run id, which a resumed run
-continues.
+written: a kill in between is repaired on resume, in the CSV and in MLflow, which is asked what it
+holds), and each tracker's run id, which a resumed run continues.
 
 - csv: `metrics.csv` in the run folder, a row `tag,step,value` per scalar, in the order logged.
 - mlflow: a run in the experiment `<proj_name>` (or $MLFLOW_EXPERIMENT_NAME) of `--mlflow_uri`
@@ -19,7 +19,9 @@ continues.
   (stopped, resumable) or FAILED. Needs `pip install mlflow-skinny` (or mlflow).
 - wandb: a W&B run in project `<proj_name>`, its files in `<run folder>/wandb/` (or $WANDB_DIR); offline unless
   the user has logged in (WANDB_API_KEY, `wandb login`) or set WANDB_MODE. Scalars are plotted
-  against `epoch` or `global_step`, the test metrics go to the run summary. Needs `pip install wandb`.
+  against `epoch` or `global_step`, the test metrics go to the run summary. W&B cannot be asked what
+  it holds, and writes its files in the background: a hard kill loses what it had not written yet.
+  Needs `pip install wandb`.
 """
 import csv
 import netrc
@@ -151,9 +153,9 @@ def open_trackers(names, run_path, options, checkpoint=None):
             trackers.append(MlflowTracker(options, run_path, runs.get("mlflow"), redo, resumed))
         if "wandb" in names:
             trackers.append(WandbTracker(options, run_path, runs.get("wandb"), resumed))
-    except BaseException:
+    except BaseException:  # the run does not start: the trackers' runs stay resumable
         for tracker in trackers:
-            tracker.close("failed")
+            tracker.close("stopped")
         raise
     return trackers, committed
 
@@ -214,13 +216,15 @@ class MlflowTracker:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
         self.client, self.uri = MlflowClient(tracking_uri=uri), uri
+        self.present = None  # a resumed run's {tag: steps} in MLflow already
         try:
             if resumed:
                 if run_id is None:
-                    raise UserError(f"the checkpoint has no MLflow run to continue; resume without mlflow in --logger")
+                    raise UserError("the checkpoint has no MLflow run to continue; resume without mlflow in --logger")
                 self.client.update_run(run_id, "RUNNING")
                 self.run_id = run_id
-                self.repair(redo)
+                self.present = self.logged_points()
+                self.log([("scalar", *scalar) for scalar in redo])
                 return
             name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or options.get("proj_name") or "Default"
             experiment = self.client.get_experiment_by_name(name)
@@ -234,14 +238,14 @@ class MlflowTracker:
         except MlflowException as error:
             raise UserError(f"--logger mlflow: {uri}: {str(error).splitlines()[0]}") from None
 
-    def repair(self, redo):
-        """Send the scalars of the checkpoint's own commit that a kill kept from reaching MLflow."""
-        if not redo:
-            return
-        present = {}
-        for tag in {tag for tag, _, _ in redo}:
-            present[tag] = {metric.step for metric in self.client.get_metric_history(self.run_id, tag)}
-        self.send([(tag, step, value) for tag, step, value in redo if step not in present[tag]])
+    def logged_points(self):
+        """{tag: steps} that the MLflow run holds already. A resumed run logs again what followed its
+        checkpoint (the interrupted process may have sent some of it: its test results, or the
+        checkpoint's own commit) and, resumed from an older checkpoint, what followed that; a
+        resumed run computes the same values, so a point MLflow holds is not sent twice."""
+        run = self.client.get_run(self.run_id)
+        return {tag: {metric.step for metric in self.client.get_metric_history(self.run_id, tag)}
+                for tag in run.data.metrics}
 
     def send(self, scalars):
         import time
@@ -252,9 +256,13 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
 
     def log(self, events):
-        self.send([event[1:] for event in events if event[0] == "scalar"])
+        present = self.present
+
+        def new(tag, step):
+            return present is None or step not in present.get(tag, ())
+        self.send([event[1:] for event in events if event[0] == "scalar" and new(*event[1:3])])
         for kind, *content in events:
-            if kind == "images":
+            if kind == "images" and new(content[0], content[1]):
                 tag, step, picture = content
                 self.client.log_image(self.run_id, picture, key=tag, step=step)
 
