@@ -35,6 +35,10 @@ The recipes section runs the toolkit with a per-step cosine schedule and an EMA 
 (RECIPES_ARGV) against the toolkit without them, two processes taking turns as above: the ratio is
 what those recipes cost a training epoch, validation of the averaged weights not included.
 
+The recipes_ab section measures the same cost in one process (so that the differences between
+processes do not enter): trainers with and without the recipes, and a second plain one as a
+control, take turns epoch by epoch in a shuffled order.
+
 The prediction section times Kaggle's submission pipeline (eval_seg_on_carvana.py with
 --input_dir and --submission, in a fresh process) on generated photos of Carvana's size against
 the slowest of its stages measured alone in this process: decoding and resizing (in DataLoader
@@ -550,6 +554,57 @@ def recipes_section(options, scratch):
     return [row], details
 
 
+# The in-process A/B of the recipes: epoch-long turns of several trainers in one process.
+RECIPES_AB = {"plain (again)": [], "per-step cosine": RECIPES_ARGV[:6], "EMA": RECIPES_ARGV[6:], "both": RECIPES_ARGV}
+
+
+def recipes_ab_section(options, scratch):
+    """What the recipes cost a training epoch, measured in one process: the plain toolkit and one
+    trainer per entry of RECIPES_AB (a second plain one first: the method's own noise) take turns,
+    one training epoch each, in a shuffled order every round; a row's ratio is the median over
+    rounds of the plain trainer's epoch time over the entry's. The same process, allocator and
+    data for all, so differences between processes do not enter; validation is not timed."""
+    import random
+
+    from trainer_vanilla import VanillaTrainer
+    data_dir = scratch / "data"
+    write_data(data_dir, options.n_train, options.n_test, options.seed)
+    rounds = 4 if options.quick else 30
+    base = ["--data_dir", str(data_dir), "--output_dir", str(scratch / "recipes_ab"), "--n_epoch", str(rounds + 1),
+            "--seed", str(options.seed), "--batch_size", str(BATCH_SIZE), "--lr", str(LEARNING_RATE),
+            "--dropout", str(DROPOUT), "--log_graph", "false", "--train_val_sample_rate", "0.25",
+            "--gpu_devices", "cpu" if options.device == "cpu" else "0"]
+    trainers = {}
+    for name, extra in {"plain": [], **RECIPES_AB}.items():
+        args, _ = VanillaTrainer.parse(base + extra)
+        trainers[name] = VanillaTrainer(args)
+        trainers[name].setup()
+    seconds = {name: [] for name in trainers}
+    order, shuffler = list(trainers), random.Random(options.seed)
+    for turn in range(rounds + 1):  # the first round is a warm-up
+        log(f"recipes in one process: round {turn + 1}/{rounds + 1}")
+        shuffler.shuffle(order)
+        for name in order:
+            trainer = trainers[name]
+            start = time.perf_counter()
+            trainer.train_epoch()
+            seconds[name].append(time.perf_counter() - start)
+            trainer.progress.end_epoch({"epoch": turn + 1, trainer.args.monitor: 0.0}, trainer.args.monitor)
+    for trainer in trainers.values():
+        trainer.close()
+    samples = len(trainers["plain"].datasets["train"])
+    speeds = {name: rates(samples, times[1:]) for name, times in seconds.items()}
+    rows = [make_row("recipes_ab", "recipes" if name == "both" else f"ab {name}",
+                     f"train samples/s in one process: {name} vs plain", {"toolkit": speeds[name],
+                                                                          "handwritten": speeds["plain"]}, "higher")
+            for name in RECIPES_AB]
+    details = {"train_samples": {"plain": samples}, "eval_samples": {}, "setup": (
+        f"{rounds} shuffled rounds of one training epoch per trainer in one process; per-step cosine = "
+        + " ".join(RECIPES_AB["per-step cosine"]) + "; EMA = " + " ".join(RECIPES_AB["EMA"])
+        + "; toolkit column = the trainer named, hand-written column = the plain trainer")}
+    return rows, details
+
+
 # ---------------------------------------------------------------------------- UNet section
 # In-process and sequential: a UNet step is long enough (tenths of a second) for start-up and
 # allocator effects not to matter. Contenders take turns epoch by epoch.
@@ -775,7 +830,8 @@ def predict_model(options, root, small, count, photo, img_size, base_width, memo
     return rows, setup
 
 
-SECTIONS = {"vanilla": vanilla_section, "recipes": recipes_section, "unet": unet_section, "predict": predict_section}
+SECTIONS = {"vanilla": vanilla_section, "recipes": recipes_section, "recipes_ab": recipes_ab_section,
+            "unet": unet_section, "predict": predict_section}
 
 
 # ---------------------------------------------------------------------------- report
