@@ -2,6 +2,7 @@
 report, a sweep killed and started again that ends with every trial complete or pruned exactly
 once and each trial bit-equal to the uninterrupted sweep's, the table, and bad input in one line."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -214,3 +215,25 @@ def test_a_trial_told_by_another_process_between_the_read_and_the_lock_is_not_ta
     trial, fd, values, new = worker.claim()
     os.close(fd)
     assert trial.number == 1 and new and set(values) == {"lr"}
+
+
+def test_each_trial_gets_its_gpu_and_a_share_of_the_cores(tmp_path):
+    from argparse import Namespace
+
+    from utils.search_space import parse_space
+    params = parse_space(["lr=uniform:0.1:0.2"])
+    args = Namespace(seed=0, sampler="tpe", pruner="none", startup_trials=2, warmup_epochs=1)
+    study = sweep.open_study(f"sqlite:///{tmp_path / 'study.db'}", "vanilla", "maximize", params, args)
+    (tmp_path / "logs").mkdir()
+    worker = sweep.Sweep(tmp_path, study, sweep.sampler_maker(params, args), params, Path("trainer_vanilla.py"), [],
+                         n_trials=2, devices=["0", "1"])
+    worker.n_jobs = 2
+    trial, fd, _, _ = worker.claim()
+    seen = tmp_path / "seen.json"
+    code = worker.launch(trial, [sys.executable, "-c", "import json, os, sys; json.dump({k: os.environ.get(k) for k in "
+                                 f"('CUDA_VISIBLE_DEVICES', 'OMP_NUM_THREADS')}}, open({str(seen)!r}, 'w'))"], fd, "1")
+    os.close(fd)
+    assert code == 0
+    assert json.loads(seen.read_text()) == {"CUDA_VISIBLE_DEVICES": "1",
+                                            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")
+                                            or str(max(1, (os.cpu_count() or 1) // 2))}
