@@ -235,8 +235,10 @@ class MlflowTracker:
             params = [Param(key, str(value)[:6000]) for key, value in options.items()]
             for start in range(0, len(params), 100):
                 self.client.log_batch(self.run_id, params=params[start:start + 100])
-        except MlflowException as error:
-            raise UserError(f"--logger mlflow: {uri}: {str(error).splitlines()[0]}") from None
+        except UserError:
+            raise
+        except (MlflowException, ImportError, OSError) as error:  # a store it cannot reach, or its driver missing
+            raise UserError(f"--logger mlflow: {uri}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
 
     def logged_points(self):
         """{tag: steps} that the MLflow run holds already. A resumed run logs again what followed its
