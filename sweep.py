@@ -172,12 +172,12 @@ class Sweep:
         threads = [threading.Thread(target=self.worker, args=(self.devices[i % len(self.devices)]
                                                                if self.devices else None,), daemon=True)
                    for i in range(n_jobs)]
-        self.working = n_jobs  # workers not yet returned; a Ctrl+C must not land in Thread.join (it can
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: self.stop(signal.SIGTERM))  # lose threads)
+        self.working = n_jobs  # workers not yet returned
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: self.stop(signal.SIGTERM))
         try:
             for thread in threads:
                 thread.start()
-            while self.working:
+            while self.working:  # not Thread.join: a Ctrl+C inside it can lose the thread (CPython 3.11)
                 try:
                     time.sleep(0.2)
                 except KeyboardInterrupt:  # each press goes to the trials: the second stops them at once
@@ -269,7 +269,7 @@ class Sweep:
             return
         number, frozen = trial.number, self.frozen(trial)
         folder = Path(frozen.user_attrs["run_folder"]) if "run_folder" in frozen.user_attrs else None
-        status = read_metrics(folder).get("status") if folder else None
+        status = read_metrics(folder).get("status")
         shown = " ".join(f"{name}={as_argument(value)}" for name, value in values.items())
         if status in FINAL_STATUSES:  # it ended while the sweep was not there to record it
             return self.tell(trial, folder, 0)
