@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from utils.arguments import SPLIT_OPTIONS, TRAINING_OPTIONS, merge_options
-from utils.checkpoint import load_checkpoint, write_json_atomic
+from utils.checkpoint import load_checkpoint, weights_of, write_json_atomic
 from utils.errors import UserError, run_cli
 from utils.options import add_flag, explicit_options, positive_int
 from utils.run_folder import RunFolder, check_checkpoint, find_checkpoint
@@ -157,7 +157,7 @@ class EvaluatorBase:
         if data and split is None:
             self.log.warning(f"{self.run_folder.path / 'split.json'} not found: the split is recomputed "
                              "from the saved seed and options")
-        weights = self.checkpoint["ema"]["weights"] if self.weights == "ema" else self.checkpoint["model"]
+        weights = weights_of(self.checkpoint, ema=self.weights == "ema")
         self.trainer.setup_for_evaluation(weights, self.checkpoint_path, split, data)
         try:
             self.save_path.mkdir(parents=True, exist_ok=True)

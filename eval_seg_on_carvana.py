@@ -138,7 +138,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
 
             def encode(batch, logits, indices):
                 samples, readable = indices.tolist(), batch["readable"].tolist()
-                sizes = [images.original_size(sample) if ok else None for sample, ok in zip(samples, readable)]
+                sizes = [tuple(size) if ok else None for size, ok in zip(batch["size"].tolist(), readable)]
                 masks = [None] * len(samples)
                 for size, group in groups_by_size(sizes):  # upsampled and thresholded on the device, batched
                     for row, mask in zip(group, (car_probability(logits[group], size) > args.threshold).cpu().numpy()):

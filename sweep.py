@@ -46,7 +46,7 @@ from utils.search_space import as_argument, grid_size, parse_space
 
 FINAL_STATUSES = ("completed", "early_stopped", "pruned")
 NOT_SWEPT = ("resume", "config", "print_config", "output_dir", "proj_name", "monitor", "monitor_mode", "model_path",
-             "fast_dev_run", "lr_find", "help")
+             "fast_dev_run", "lr_find")
 
 
 def build_parser():
@@ -172,12 +172,11 @@ class Sweep:
         threads = [threading.Thread(target=self.worker, args=(self.devices[i % len(self.devices)]
                                                                if self.devices else None,), daemon=True)
                    for i in range(n_jobs)]
-        self.working = n_jobs  # workers not yet returned
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: self.stop(signal.SIGTERM))
         try:
             for thread in threads:
                 thread.start()
-            while self.working:  # not Thread.join: a Ctrl+C inside it can lose the thread (CPython 3.11)
+            while any(thread.is_alive() for thread in threads):  # not join: a Ctrl+C in it can lose the thread
                 try:
                     time.sleep(0.2)
                 except KeyboardInterrupt:  # each press goes to the trials: the second stops them at once
@@ -220,9 +219,6 @@ class Sweep:
             self.failed = True
             self.stop(signal.SIGTERM)
             raise
-        finally:
-            with self.lock:
-                self.working -= 1
 
     def trial_lock(self, number):
         return self.folder / "logs" / f"trial_{number:04d}.lock"
@@ -261,8 +257,9 @@ class Sweep:
             return "wait" if any(frozen.state == TrialState.RUNNING for frozen in trials) else None
 
     def frozen(self, trial):
+        """The trial as the storage has it now (Optuna has no public read of one trial)."""
         with self.lock:
-            return next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
+            return self.study._storage.get_trial(trial._trial_id)
 
     def run_trial(self, trial, lock_fd, values, new, device):
         if self.stopping.is_set():  # it stays running in the study: the next start takes it
@@ -420,13 +417,21 @@ def show_table(study, params, folder):
 
 
 # ------------------------------------------------------------------ set-up
-def open_study(url, name, direction, params, args):
+def storage_for(url, folder):
+    """Optuna's storage of `url` (None: study.db in the sweep `folder`); SQLite waits for its lock
+    instead of failing while other processes write."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = url
+    url = url or f"sqlite:///{Path(folder).resolve() / 'study.db'}"
+    if url.startswith("sqlite:"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 300}})
+    return url
+
+
+def open_study(url, folder, name, direction, params, args):
+    import optuna
     try:
-        if storage.startswith("sqlite:"):
-            storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 300}})
+        storage = storage_for(url, folder)
         pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials,
                                                                 n_warmup_steps=args.warmup_epochs),
                   "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, args.warmup_epochs)),
@@ -438,7 +443,8 @@ def open_study(url, name, direction, params, args):
                 study.enqueue_trial(dict(zip((param.name for param in params), point)), skip_if_exists=True)
         return study
     except Exception as error:  # a bad URL, a missing driver, a database that does not answer (SQLAlchemy's errors)
-        raise UserError(f"--storage {url}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"--storage {url or folder / 'study.db'}: {type(error).__name__}: "
+                        f"{str(error).splitlines()[0]}") from None
 
 
 def sampler_maker(params, args):
@@ -480,9 +486,7 @@ def table_of(folder, storage):
     from utils.search_space import parse_param
     params = [parse_param(name, spec, str(folder / "sweep.json")) for name, spec in saved["space"].items()]
     import optuna
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=saved["study"], storage=storage or saved.get("storage")
-                              or f"sqlite:///{folder.resolve() / 'study.db'}")
+    study = optuna.load_study(study_name=saved["study"], storage=storage_for(storage or saved.get("storage"), folder))
     show_table(study, params, folder)
     return 0
 
@@ -527,7 +531,7 @@ def main(argv=None):
     storage = record(folder, {"script": str(Path(args.script).resolve()), "study": name, "task_options": task_argv,
                               "space": {param.name: param.describe() for param in params}, "monitor": options.monitor,
                               "direction": direction, "storage": args.storage})
-    study = open_study(storage or f"sqlite:///{folder / 'study.db'}", name, direction, params, args)
+    study = open_study(storage, folder, name, direction, params, args)
     print(f"sweep {name}: {n_trials} trials of {args.script}, {direction} {options.monitor}, in {folder}", flush=True)
     sweep = Sweep(folder, study, sampler_maker(params, args), params, Path(args.script).resolve(), task_argv, n_trials, devices)
     code = sweep.run(n_jobs)

@@ -263,8 +263,6 @@ class TrainerBase(TaskBase):
         self.log.info(f"pruned by the sweep after epoch {progress.epoch} ({self.args.monitor} "
                       f"{progress.history[-1][self.args.monitor]:.4f}, best epoch {progress.stopper.best_epoch})")
         self.run.write_hparams(vars(self.args), {}, progress.epoch, progress.stopper.best)
-        if self.writer is not None:
-            self.writer.commit()
         self.write_metrics("pruned")
         distributed.barrier()
         return None
@@ -278,15 +276,13 @@ class TrainerBase(TaskBase):
             path = self.run.checkpoint_path("last")
             self.log.warning(f"no best checkpoint ({self.args.monitor} never improved); testing {path.name}")
         checkpoint, on_ema = load_checkpoint(path), self.args.monitor.startswith("val_ema/")
-        load_weights(self.model, checkpoint["ema"]["weights"] if on_ema else checkpoint["model"], path)
+        load_weights(self.model, weights_of(checkpoint, ema=on_ema), path)
         metrics, totals = self.evaluate("test")
         best_epoch = self.progress.stopper.best_epoch
         self.report("test", totals, best_epoch)
         shown = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items())
         self.log.info(f"test ({path.name}{', EMA weights' if on_ema else ''}, epoch {best_epoch}): {shown}")
         self.run.write_hparams(vars(self.args), metrics, best_epoch or self.progress.epoch, self.progress.stopper.best)
-        if self.writer is not None:
-            self.writer.commit()
         # The test results in metrics.json mark the run finished: they are written last.
         self.write_metrics("early_stopped" if self.progress.stopper.should_stop else "completed", metrics, path)
         self.log.info(f"done: {self.run.path}")

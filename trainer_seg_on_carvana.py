@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import TrainerBase
-from utils.metrics import binary_masks, dice_iou_per_image, segmentation_metrics, segmentation_stats
+from utils.metrics import binary_masks, dice_iou_per_image, foreground_probability, segmentation_metrics, segmentation_stats
 from utils.options import add_flag, positive_int, ratio, unit_interval
 
 
@@ -74,7 +74,7 @@ class SegOnCarvanaTrainer(TrainerBase):
 
     def prepare_batch(self, batch, train, generator):
         if isinstance(batch, dict):  # images without masks, to predict (data/carvana.py: CarvanaImages)
-            return {"images": batch["image"].float().div_(255), "readable": batch["readable"]}
+            return {"images": batch["image"].float().div_(255), "readable": batch["readable"], "size": batch["size"]}
         images, masks = batch
         images = images.float().div_(255)
         if train and self.args.augment:
@@ -161,10 +161,7 @@ def last_head(logits):
 
 def car_probability(logits, size):
     """Car probability [B, height, width] at `size`, from logits [B, C, h, w] at the model's resolution."""
-    logits = F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0])
-    return 1 - torch.softmax(logits, dim=1)[:, 0]
+    return foreground_probability(F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False))
 
 
 def shift_with_zeros(tensor, dy, dx):

@@ -372,10 +372,10 @@ class CarvanaImages(Dataset):
 
     Every file in `input_dir` is an image (.jpg/.jpeg/.png); hidden files (names starting with a
     dot) are left out. Another file is an error, or with `skip_bad` a warning through `log` and
-    no row. Items are {"image": uint8 [3, H, W] at img_size, "readable": bool}: an image that
-    cannot be decoded comes as zeros with readable False, for the predictor to report or to give
-    an empty mask. `names` and `original_size` let a predictor resize its mask back and name its
-    row after the file. `start` leaves out the first `start` images (a prediction continued).
+    no row. Items are {"image": uint8 [3, H, W] at img_size, "readable": bool, "size": the
+    original (height, width)}: an image that cannot be decoded comes as zeros (size too) with
+    readable False, for the predictor to report or to give an empty mask. `size` and `names` let
+    a predictor resize its mask back and name its row after the file. `start` leaves out the first `start` images (a prediction continued).
     """
 
     def __init__(self, input_dir, img_size, skip_bad=False, log=print, start=0):
@@ -403,10 +403,11 @@ class CarvanaImages(Dataset):
 
     def __getitem__(self, index):
         try:
-            image, _ = _load_image(self.image_paths[index], self.img_size)
-            return {"image": image, "readable": True}
+            image, (width, height) = _load_image(self.image_paths[index], self.img_size)
+            return {"image": image, "readable": True, "size": torch.tensor((height, width))}
         except UserError:
-            return {"image": torch.zeros(3, *self.img_size, dtype=torch.uint8), "readable": False}
+            return {"image": torch.zeros(3, *self.img_size, dtype=torch.uint8), "readable": False,
+                    "size": torch.zeros(2, dtype=torch.long)}
 
     def starting_at(self, start):
         """The same images without the first `start` (a prediction continued), listed once."""
@@ -414,11 +415,3 @@ class CarvanaImages(Dataset):
         view.start, view.image_paths = start, self.all_paths[start:]
         view.names = [path.name for path in view.image_paths]
         return view
-
-    def original_size(self, index):
-        """The (height, width) of image `index` before resizing, or None if its header is unreadable."""
-        try:
-            width, height = _header_size(self.image_paths[index], "image")
-        except UserError:
-            return None
-        return height, width

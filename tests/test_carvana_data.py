@@ -250,8 +250,8 @@ def test_carvana_images_for_prediction(tmp_path):
     assert images.names == ["a_01.png", "b_01.jpg"]
     item = images[1]
     assert item["readable"] and item["image"].dtype == torch.uint8 and item["image"].shape == (3, 8, 12)
-    assert images.original_size(1) == (30, 50)
-    assert images.original_size(0) == (10, 20)
+    assert item["size"].tolist() == [30, 50]
+    assert images[0]["size"].tolist() == [10, 20]
     assert CarvanaImages(folder, img_size=(8, 12), start=1).names == ["b_01.jpg"]
 
 
@@ -269,7 +269,7 @@ def test_carvana_images_report_other_files_and_undecodable_images(tmp_path):
     assert any("notes.txt" in message for message in messages)
     broken = images[1]
     assert not broken["readable"] and broken["image"].shape == (3, 8, 12) and not broken["image"].any()
-    assert images.original_size(1) is None
+    assert broken["size"].tolist() == [0, 0]
 
 
 def test_carvana_images_missing_or_empty_folder(tmp_path):

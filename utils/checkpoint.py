@@ -147,8 +147,11 @@ def unwrap(model):
             return model
 
 
-def weights_of(checkpoint):
-    """The model weights in a checkpoint of ours, or a plain state dict saved by other code."""
+def weights_of(checkpoint, ema=False):
+    """The model weights in a checkpoint of ours (with `ema`, the average of the weights it holds),
+    or a plain state dict saved by other code."""
+    if ema:
+        return checkpoint["ema"]["weights"]
     if "model" in checkpoint and isinstance(checkpoint["model"], dict):
         return checkpoint["model"]
     if "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], dict):

@@ -32,7 +32,7 @@ def read_config_file(path, parser):
     path = Path(path)
     data = _load(path)
     if isinstance(data.get("options"), dict) and "environment" in data:  # a run's config.json
-        data = {name: value for name, value in data["options"].items() if name not in (*NOT_IN_FILES, "resume")}
+        data = {name: value for name, value in data["options"].items() if name not in NOT_IN_FILES}
     actions = {action.dest: action for action in parser._actions if action.option_strings and action.dest != "help"}
     values = {}
     for name, value in data.items():

@@ -36,12 +36,17 @@ def per_class_accuracy(confusion):
     return (confusion.diagonal() / confusion.sum(dim=1).clamp(min=1)).tolist()
 
 
-def binary_masks(logits, threshold=0.5):
-    """Predicted masks from logits: the probability of the foreground above `threshold`, that is
-    sigmoid for one channel, 1 - softmax of channel 0 (the background) for several."""
+def foreground_probability(logits):
+    """The probability of the foreground [B, H, W] from logits [B, C, H, W]: sigmoid for one
+    channel, 1 - softmax of channel 0 (the background) for several."""
     if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0]) > threshold
-    return 1 - torch.softmax(logits, dim=1)[:, 0] > threshold
+        return torch.sigmoid(logits[:, 0])
+    return 1 - torch.softmax(logits, dim=1)[:, 0]
+
+
+def binary_masks(logits, threshold=0.5):
+    """Predicted masks from logits: the probability of the foreground above `threshold`."""
+    return foreground_probability(logits) > threshold
 
 
 def dice_iou_per_image(predicted, target):

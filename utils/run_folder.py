@@ -140,7 +140,8 @@ class RunFolder:
             self.writer.flush()
 
     def write_hparams(self, options, test_metrics, step, best=None):
-        """The test metrics at `step`, and the HPARAMS tab's row of this run (with `best`, the monitor's best)."""
+        """The test metrics at `step`, and the HPARAMS tab's row of this run (with `best`, the monitor's best);
+        the run's end, so the trackers receive them now."""
         if self.writer is None:
             return
         for name, value in test_metrics.items():
@@ -152,6 +153,7 @@ class RunFolder:
             final[f"hparam/best_{options['monitor']}"] = best
         self.writer.add_hparams(hparams, final, run_name="hparams")
         self.writer.flush()
+        self.writer.commit()
 
     def close(self, status="finished"):
         """Close the writer; `status` (finished, stopped or failed) ends the trackers' runs."""
@@ -259,11 +261,11 @@ def check_resumable(run, checkpoint, args, world_size):
                         f"{world_size}; each process draws its own batches, so resume with {launch}")
     done = TrainingProgress(args.monitor_mode, args.early_stop_patience, args.early_stop_delta)
     done.load_state_dict(checkpoint, checkpoint["epoch_sums"][0], "cpu")
-    status = (run.read_json("metrics.json") or {}).get("status")
-    if done.pruned and status == "pruned":
+    metrics = run.read_json("metrics.json") or {}
+    if done.pruned and metrics.get("status") == "pruned":
         raise UserError(f"run {run.path} was pruned by its sweep after epoch {done.epoch}; a sweep trial does not "
                         "train further")
-    if not done.is_finished(args.n_epoch) or "test" not in (run.read_json("metrics.json") or {}):
+    if not done.is_finished(args.n_epoch) or "test" not in metrics:
         return
     if done.stopper.should_stop or args.lr_scheduler in SCHEDULES_OVER_N_EPOCH:
         how = f"start a new run from its weights: --pretrained --model_path {run.checkpoint_path('best')}"

@@ -69,7 +69,6 @@ class Writer:
         self.trackers = trackers
         self.committed = committed  # scalars handed to the trackers so far
         self.pending = []  # events logged since the last commit: ("scalar", tag, step, value), ...
-        self.last_commit = []  # the scalars of the newest commit, as [tag, step, value]
 
     @property
     def logged(self):
@@ -209,7 +208,7 @@ class MlflowTracker:
 
     def __init__(self, options, run_path, run_id=None, redo=(), resumed=False):
         check_installed(["mlflow"])
-        uri = mlflow_uri(options.get("mlflow_uri") or "mlruns")
+        uri = options["mlflow_uri"]  # resolved by the parse: --mlflow_uri, $MLFLOW_TRACKING_URI or ./mlruns
         if uri.startswith("file:"):  # the file store is what --mlflow_uri asked for; MLflow 3 wants it said
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         from mlflow.entities import Param
