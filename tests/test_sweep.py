@@ -22,6 +22,26 @@ from utils.errors import UserError  # noqa: E402
 SPACE = ["--space", "lr=loguniform:1e-4:1e-1", "dropout=uniform:0:0.5", "batch_size=choice:32,64"]
 
 
+def sweep_cli(argv):
+    sys.exit(sweep.run_cli(sweep.main, argv))
+
+
+def study_of(folder):
+    return optuna.load_study(study_name="vanilla", storage=f"sqlite:///{folder / 'study.db'}")
+
+
+def in_process_sweep(folder, n_trials=2, devices=()):
+    """A study and a Sweep on it in `folder`, with no task behind it: for the sweep's own bookkeeping."""
+    from argparse import Namespace
+
+    from utils.search_space import parse_space
+    params = parse_space(["lr=uniform:0.1:0.2"])
+    args = Namespace(seed=0, sampler="tpe", pruner="none", startup_trials=2, warmup_epochs=1)
+    study = sweep.open_study(None, folder, "vanilla", "maximize", params, args)
+    return study, sweep.Sweep(folder, study, sweep.sampler_maker(params, args), params, Path("trainer_vanilla.py"),
+                              [], n_trials=n_trials, devices=list(devices))
+
+
 def task_options(data_dir, output_dir, *extra):
     return ["--", "--data_dir", data_dir, "--output_dir", output_dir, "--n_epoch", "3", "--train_val_sample_rate",
             "0.5", "--test_sample_rate", "0.25", "--deterministic", "--save_every_n_steps", "5", *extra]
@@ -34,7 +54,7 @@ def sweep_command(data_dir, output_dir, *options):
 
 def trials_of(folder):
     """{number: (state, params, value, run folder)} from the study, read back with Optuna's API."""
-    study = optuna.load_study(study_name="vanilla", storage=f"sqlite:///{folder / 'study.db'}")
+    study = study_of(folder)
     return {t.number: (t.state.name, t.params, t.value, Path(t.user_attrs["run_folder"])) for t in study.trials}
 
 
@@ -121,7 +141,7 @@ def test_a_grid_sweep_from_a_space_file_visits_each_point_once(fashion_dir, tmp_
                              "none", *map(str, task_options(fashion_dir, output, "--n_epoch", "1"))], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    study = optuna.load_study(study_name="vanilla", storage=f"sqlite:///{output / 'sweep_vanilla' / 'study.db'}")
+    study = study_of(output / "sweep_vanilla")
     points = sorted((t.params["lr"], t.params["batch_size"]) for t in study.trials)
     assert points == [(0.001, 32), (0.001, 64), (0.01, 32), (0.01, 64)]
     assert all(t.state.name == "COMPLETE" for t in study.trials)
@@ -136,20 +156,20 @@ def test_a_grid_sweep_from_a_space_file_visits_each_point_once(fashion_dir, tmp_
     (["resume=choice:a,b"], "--space resume: this option cannot be swept"),
 ])
 def test_a_bad_space_is_one_line_naming_it(space, expected, fashion_dir, tmp_path, capsys):
-    error = refused(lambda argv: sys.exit(sweep.run_cli(sweep.main, argv)),
+    error = refused(sweep_cli,
                     ["trainer_vanilla.py", "--space", *space, *task_options(fashion_dir, tmp_path)], capsys)
     assert expected in error and not (tmp_path / "sweep_vanilla").exists()
 
 
 def test_an_option_both_swept_and_fixed_is_refused(fashion_dir, tmp_path, capsys):
-    error = refused(lambda argv: sys.exit(sweep.run_cli(sweep.main, argv)),
+    error = refused(sweep_cli,
                     ["trainer_vanilla.py", *SPACE, *task_options(fashion_dir, tmp_path, "--lr", "0.1")], capsys)
     assert "--space lr and --lr after --" in error
 
 
 def test_another_sweep_under_the_same_name_is_refused(uninterrupted, fashion_dir, capsys):
     folder, _ = uninterrupted
-    error = refused(lambda argv: sys.exit(sweep.run_cli(sweep.main, argv)),
+    error = refused(sweep_cli,
                     ["trainer_vanilla.py", "--space", "lr=uniform:0.1:0.2", *task_options(fashion_dir, folder.parent)],
                     capsys)
     assert "holds a sweep with another space" in error and "--name" in error
@@ -161,7 +181,7 @@ def test_a_trial_that_fails_is_recorded_with_its_error_and_the_sweep_goes_on(fas
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "trial 0 failed (exit code 2: error: loss is nan" in result.stdout
-    study = optuna.load_study(study_name="vanilla", storage=f"sqlite:///{tmp_path / 'sweep_vanilla' / 'study.db'}")
+    study = study_of(tmp_path / "sweep_vanilla")
     assert [(t.params["lr"], t.state.name) for t in study.trials] == [(1e30, "FAIL"), (0.001, "COMPLETE")]
 
 
@@ -194,15 +214,9 @@ def test_ctrl_c_stops_the_trials_which_save_and_the_same_command_continues(fashi
 def test_a_trial_told_by_another_process_between_the_read_and_the_lock_is_not_taken(tmp_path, monkeypatch):
     """Two sweep processes on one study: the other one finishes trial 0 right after this one read
     the trials and before it locks trial 0's file."""
-    from argparse import Namespace
-
-    from utils.search_space import parse_space
-    params = parse_space(["lr=uniform:0.1:0.2"])
-    args = Namespace(seed=0, sampler="tpe", pruner="none", startup_trials=2, warmup_epochs=1)
-    study = sweep.open_study(f"sqlite:///{tmp_path / 'study.db'}", "vanilla", "maximize", params, args)
+    study, worker = in_process_sweep(tmp_path)
     running = study.ask()
-    params[0].suggest(running)
-    (tmp_path / "logs").mkdir()
+    worker.params[0].suggest(running)
     real_lock = sweep.try_lock
 
     def told_meanwhile(path):
@@ -210,23 +224,13 @@ def test_a_trial_told_by_another_process_between_the_read_and_the_lock_is_not_ta
             study.tell(running, 0.5)  # the other process
         return real_lock(path)
     monkeypatch.setattr(sweep, "try_lock", told_meanwhile)
-    worker = sweep.Sweep(tmp_path, study, sweep.sampler_maker(params, args), params, Path("trainer_vanilla.py"), [],
-                         n_trials=2, devices=[])
     trial, fd, values, new = worker.claim()
     os.close(fd)
     assert trial.number == 1 and new and set(values) == {"lr"}
 
 
 def test_each_trial_gets_its_gpu_and_a_share_of_the_cores(tmp_path):
-    from argparse import Namespace
-
-    from utils.search_space import parse_space
-    params = parse_space(["lr=uniform:0.1:0.2"])
-    args = Namespace(seed=0, sampler="tpe", pruner="none", startup_trials=2, warmup_epochs=1)
-    study = sweep.open_study(f"sqlite:///{tmp_path / 'study.db'}", "vanilla", "maximize", params, args)
-    (tmp_path / "logs").mkdir()
-    worker = sweep.Sweep(tmp_path, study, sweep.sampler_maker(params, args), params, Path("trainer_vanilla.py"), [],
-                         n_trials=2, devices=["0", "1"])
+    _, worker = in_process_sweep(tmp_path, devices=["0", "1"])
     worker.n_jobs = 2
     trial, fd, _, _ = worker.claim()
     seen = tmp_path / "seen.json"
@@ -237,3 +241,41 @@ def test_each_trial_gets_its_gpu_and_a_share_of_the_cores(tmp_path):
     assert json.loads(seen.read_text()) == {"CUDA_VISIBLE_DEVICES": "1",
                                             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")
                                             or str(max(1, (os.cpu_count() or 1) // 2))}
+
+
+def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path):
+    study, worker = in_process_sweep(tmp_path)
+    study.pruner = optuna.pruners.ThresholdPruner(lower=1.0)  # prunes any value below 1
+    first, fd_first, _, _ = worker.claim()
+    second, fd_second, _, _ = worker.claim()
+    os.close(fd_first)
+    os.close(fd_second)
+    assert worker.decide(first, 2, 0.5, last=False) is True
+    assert worker.decide(second, 2, 0.5, last=True) is False
+    assert worker.decide(first, 2, 0.5) is True  # an epoch reported again gets the decision it got
+
+
+def test_a_later_start_with_another_storage_is_refused(fashion_dir, tmp_path, capsys):
+    folder = tmp_path / "sweep_vanilla"
+    folder.mkdir()
+    options = task_options(fashion_dir, tmp_path)
+    (folder / "sweep.json").write_text(json.dumps({
+        "script": str(ROOT / "trainer_vanilla.py"), "study": "vanilla", "task_options": [str(o) for o in options[1:]],
+        "space": {"lr": "uniform:0.1:0.2"}, "storage": None}))
+    error = refused(sweep_cli,
+                    [ROOT / "trainer_vanilla.py", "--space", "lr=uniform:0.1:0.2", "--storage",
+                     f"sqlite:///{tmp_path / 'other.db'}", *options], capsys)
+    assert "keeps its study in study.db there" in error and not (tmp_path / "other.db").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--storage", "nosuchdriver://x"], "--storage nosuchdriver://x: "),
+    (["--", "--resume=somewhere"], "--resume after --: a sweep resumes its own trials"),
+])
+def test_bad_storage_and_a_resume_are_one_line(argv, expected, fashion_dir, tmp_path, capsys):
+    if argv[0] == "--":
+        argv = ["--space", "lr=uniform:0.1:0.2", *task_options(fashion_dir, tmp_path), *argv[1:]]
+    else:
+        argv = ["--space", "lr=uniform:0.1:0.2", *argv, *task_options(fashion_dir, tmp_path)]
+    error = refused(sweep_cli, ["trainer_vanilla.py", *argv], capsys)
+    assert expected in error
