@@ -375,10 +375,11 @@ class CarvanaImages(Dataset):
     no row. Items are {"image": uint8 [3, H, W] at img_size, "readable": bool, "size": the
     original (height, width)}: an image that cannot be decoded comes as zeros (size too) with
     readable False, for the predictor to report or to give an empty mask. `size` and `names` let
-    a predictor resize its mask back and name its row after the file. `start` leaves out the first `start` images (a prediction continued).
+    a predictor resize its mask back and name its row after the file. `starting_at(n)` leaves out
+    the first n images (a prediction continued).
     """
 
-    def __init__(self, input_dir, img_size, skip_bad=False, log=print, start=0):
+    def __init__(self, input_dir, img_size, skip_bad=False, log=print):
         self.input_dir = Path(input_dir)
         self.img_size = _checked_img_size(img_size)
         if not self.input_dir.is_dir():
@@ -394,9 +395,7 @@ class CarvanaImages(Dataset):
         self.all_paths = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
         if not self.all_paths:
             raise UserError(f"no .jpg/.jpeg/.png images in {self.input_dir}")
-        self.start = start
-        self.image_paths = self.all_paths[start:]
-        self.names = [path.name for path in self.image_paths]
+        self.start, self.image_paths, self.names = 0, self.all_paths, [path.name for path in self.all_paths]
 
     def __len__(self):
         return len(self.image_paths)

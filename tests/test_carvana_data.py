@@ -252,7 +252,7 @@ def test_carvana_images_for_prediction(tmp_path):
     assert item["readable"] and item["image"].dtype == torch.uint8 and item["image"].shape == (3, 8, 12)
     assert item["size"].tolist() == [30, 50]
     assert images[0]["size"].tolist() == [10, 20]
-    assert CarvanaImages(folder, img_size=(8, 12), start=1).names == ["b_01.jpg"]
+    assert CarvanaImages(folder, img_size=(8, 12)).starting_at(1).names == ["b_01.jpg"]
 
 
 def test_carvana_images_report_other_files_and_undecodable_images(tmp_path):
