@@ -54,7 +54,7 @@ def main():
         print(f"    {path.name}{'/' if path.is_dir() else ''}")
     print(f"\nPictures: {run_dir / 'eval' / 'test' / 'viz'}\n"
           f"Curves: tensorboard --logdir {output_dir}\n"
-          f"Compare runs: python utils/configcmp.py {output_dir}/*\n"
+          f"Compare runs: python cli/configcmp.py {output_dir}/*\n"
           f"Evaluate again: python {evaluate[0]} --model_path {checkpoint} --split val"
           + ("\nNote: these numbers are on SYNTHETIC data." if not real else ""))
 

@@ -31,11 +31,12 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from utils.arguments import SPLIT_OPTIONS, TRAINING_OPTIONS, merge_options
-from utils.checkpoint import load_checkpoint, weights_of, write_json_atomic
+from cli.arguments import SPLIT_OPTIONS, TRAINING_OPTIONS, merge_options
+from state.checkpoint import load_checkpoint, weights_of
+from utils.atomic import write_json_atomic
 from utils.errors import UserError, run_cli
-from utils.options import add_flag, explicit_options, positive_int
-from utils.run_folder import RunFolder, check_checkpoint, find_checkpoint
+from cli.options import add_flag, explicit_options, positive_int
+from state.run_folder import RunFolder, check_checkpoint, find_checkpoint
 
 
 class EvaluatorBase:

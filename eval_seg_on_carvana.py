@@ -23,7 +23,7 @@ import numpy as np
 
 from eval import EvaluatorBase
 from trainer_seg_on_carvana import SegOnCarvanaTrainer, car_probability
-from utils.checkpoint import atomic_open, write_json_atomic
+from utils.atomic import atomic_open, write_json_atomic
 from utils.errors import UserError
 from utils.metrics import dice_iou_per_image
 from utils.rle import rle_encode

@@ -7,7 +7,7 @@
     python sweep.py --table Results/Vanilla/sweep_vanilla          the table of a sweep, now
 
 After `--` come the task script's own options, shared by every trial; `--space` names the options
-that vary (utils/search_space.py). The objective is the best value of the task's `--monitor` over
+that vary (sweeps/space.py). The objective is the best value of the task's `--monitor` over
 a trial's epochs (maximised or minimised as its `--monitor_mode` says).
 
 - The study lives in an Optuna storage: `study.db` (SQLite) in the sweep folder unless `--storage`
@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from utils.errors import UserError, import_optional, run_cli
-from utils.search_space import as_argument, grid_size, parse_space
+from sweeps.space import as_argument, grid_size, parse_space
 
 FINAL_STATUSES = ("completed", "early_stopped", "pruned")
 NOT_SWEPT = ("resume", "config", "print_config", "output_dir", "proj_name", "monitor", "monitor_mode", "model_path",
@@ -50,12 +50,12 @@ NOT_SWEPT = ("resume", "config", "print_config", "output_dir", "proj_name", "mon
 
 
 def build_parser():
-    from utils.options import Parser, non_negative_int, positive_int
+    from cli.options import Parser, non_negative_int, positive_int
     parser = Parser(description=__doc__.splitlines()[0], usage="%(prog)s SCRIPT [options] -- "
                     "[the script's options]\n       %(prog)s --table SWEEP_FOLDER")
     parser.add_argument("script", nargs="?", type=Path, help="the task script, e.g. trainer_vanilla.py")
     parser.add_argument("--space", nargs="+", default=None, metavar="NAME=KIND:...",
-                        help="the swept options, or one .yaml/.json file of them (see utils/search_space.py)")
+                        help="the swept options, or one .yaml/.json file of them (see sweeps/space.py)")
     parser.add_argument("--n_trials", type=positive_int, default=None,
                         help="trials in the study, counting those of earlier starts (default 20; a grid: its size)")
     parser.add_argument("--name", default=None, help="the sweep's name: sweep_<name> and the study (default: the script's task)")
@@ -94,7 +94,7 @@ def load_trainer(script):
 
 def task_options(trainer, argv):
     """The task's parser (its errors raised as UserError) and `argv` parsed with it."""
-    from utils.config_file import config_file_in, read_config_file
+    from cli.config_file import config_file_in, read_config_file
 
     def fail(message):
         raise UserError(f"the options after --: {message}")
@@ -108,7 +108,7 @@ def task_options(trainer, argv):
 
 def check_space(params, parser, argv):
     """Every swept option exists, is not also fixed after --, and takes each of its values."""
-    from utils.options import explicit_options
+    from cli.options import explicit_options
     actions = {action.dest: action for action in parser._actions if action.option_strings}
     given = explicit_options(parser, argv)
     for param in params:
@@ -404,8 +404,8 @@ def trial_table(study, params):
 def show_table(study, params, folder):
     """Print the table and write it to trials.csv (atomically)."""
     import csv
-    from utils.checkpoint import atomic_open
-    from utils.configcmp import format_table, format_value
+    from utils.atomic import atomic_open
+    from cli.configcmp import format_table, format_value
     header, rows = trial_table(study, params)
     print(format_table(header, [["-" if value is None else value if isinstance(value, str) else format_value(value)
                                  for value in row] for row in rows]))
@@ -463,7 +463,7 @@ def sampler_maker(params, args):
 def record(folder, content):
     """sweep.json: what defines the sweep; a later start must match it, and uses its storage when
     it names none. Returns the storage URL (None: study.db in the folder)."""
-    from utils.checkpoint import write_json_atomic
+    from utils.atomic import write_json_atomic
     path = folder / "sweep.json"
     if path.is_file():
         saved = read_json_file(path)
@@ -483,7 +483,7 @@ def record(folder, content):
 def table_of(folder, storage):
     folder = Path(folder)
     saved = read_json_file(folder / "sweep.json")
-    from utils.search_space import parse_param
+    from sweeps.space import parse_param
     params = [parse_param(name, spec, str(folder / "sweep.json")) for name, spec in saved["space"].items()]
     import optuna
     study = optuna.load_study(study_name=saved["study"], storage=storage_for(storage or saved.get("storage"), folder))

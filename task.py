@@ -37,9 +37,9 @@ from data.loader import BatchLoader, EpochBatchSampler, Subset, check_dataset
 from data.split import make_split, split_indices
 from utils import distributed
 from utils.batch import batch_size_of, concatenate, to_device
-from utils.checkpoint import load_weights
+from state.checkpoint import load_weights
 from utils.logger import progress_bar, setup_logger
-from utils.meter import MetricSums
+from state.metric_sums import MetricSums
 from utils.seed import seed_everything
 from utils.signals import StopRequest
 

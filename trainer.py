@@ -40,22 +40,22 @@ import torch
 from data.loader import first_samples
 from task import TaskBase, TrainingStopped
 from utils import distributed
-from utils.arguments import add_base_arguments, check_schedule, json_value, merge_options, resume_safe_options
+from cli.arguments import add_base_arguments, check_schedule, json_value, merge_options, resume_safe_options
 from utils.batch import batch_size_of
-from utils.checkpoint import load_checkpoint, load_weights, weights_of
-from utils.config_file import config_file_in, format_options, read_config_file
-from utils.ema import EMA
+from state.checkpoint import load_checkpoint, load_weights, weights_of
+from cli.config_file import config_file_in, format_options, read_config_file
+from training.ema import EMA
 from utils.errors import UserError, run_cli
 from utils.logger import close_logger, setup_logger
-from utils.lr_finder import find_lr
-from utils.optimization import Optimization
-from utils.options import Parser
-from utils.progress import TrainingProgress
-from utils.run_folder import CHECKPOINT_FORMAT, RunFolder, check_checkpoint, check_resumable, find_checkpoint
+from training.lr_finder import find_lr
+from training.optimization import Optimization
+from cli.options import Parser
+from state.progress import TrainingProgress
+from state.run_folder import CHECKPOINT_FORMAT, RunFolder, check_checkpoint, check_resumable, find_checkpoint
 from utils.seed import derived_seed, get_rng_state, seed_process_streams, set_rng_state
 from utils.summary import format_summary, summarize
-from utils.sweep_link import SweepLink
-from utils.trackers import check_installed, mlflow_uri
+from sweeps.link import SweepLink
+from tracking.trackers import check_installed, mlflow_uri
 
 
 NO_TRACKERS = {"logged_scalars": None, "tracker_commit": [], "tracker_runs": {}}  # a checkpoint's, without a writer

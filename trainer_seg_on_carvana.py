@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from trainer import TrainerBase
 from utils.metrics import binary_masks, dice_iou_per_image, foreground_probability, segmentation_metrics, segmentation_stats
-from utils.options import add_flag, positive_int, ratio, unit_interval
+from cli.options import add_flag, positive_int, ratio, unit_interval
 
 
 class SegOnCarvanaTrainer(TrainerBase):

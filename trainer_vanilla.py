@@ -9,7 +9,7 @@ import torch
 
 from trainer import TrainerBase
 from utils.metrics import classification_metrics, classification_stats, per_class_accuracy
-from utils.options import add_flag, unit_interval
+from cli.options import add_flag, unit_interval
 
 MEAN, STD = 0.2860, 0.3530  # FashionMNIST pixel statistics
 

@@ -642,7 +642,7 @@ def unet_section(options, scratch):
     from data.synthetic_carvana import write_carvana
     from loss.dice_loss import BCEDiceLoss
     from model.unet import UNet
-    from utils.meter import MetricSums
+    from state.metric_sums import MetricSums
 
     settings = UNET["quick" if options.quick else "full"]
     device = torch.device(options.device)

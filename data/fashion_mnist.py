@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.checkpoint import atomic_open
+from utils.atomic import atomic_open
 from utils.errors import UserError
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from utils.errors import UserError, run_cli
-from utils.options import Parser, non_negative_int, positive_int
+from cli.options import Parser, non_negative_int, positive_int
 
 MASK_FORMATS = ("palette", "L")
 

@@ -139,7 +139,7 @@ def test_carvana_empty_split_from_ratios(carvana_dir, tmp_path, capsys):
 
 
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(fashion_dir, tmp_path, capsys, monkeypatch):
-    import utils.checkpoint
+    import utils.atomic
     saves = []
     real_fsync = os.fsync
 
@@ -149,7 +149,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(fashion_dir, tmp_
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(descriptor)
 
-    monkeypatch.setattr(utils.checkpoint.os, "fsync", fsync_until_full)
+    monkeypatch.setattr(utils.atomic.os, "fsync", fsync_until_full)
     fails_cleanly(capsys, VanillaTrainer.main,
                   vanilla(fashion_dir, tmp_path, "--n_epoch", "3", "--train_val_sample_rate", "0.2"),
                   "could not write", "No space left on device", "previous file is unchanged")

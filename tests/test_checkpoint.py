@@ -1,4 +1,4 @@
-"""Tests for utils/checkpoint.py: atomic saves, safe loading and loading weights."""
+"""Tests for state/checkpoint.py and utils/atomic.py: atomic saves, safe loading and loading weights."""
 import json
 import os
 import pickle
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.checkpoint import (load_checkpoint, load_weights, save_atomic, strip_wrapper_prefixes, weights_of,
-                              write_json_atomic)
+from state.checkpoint import load_checkpoint, load_weights, strip_wrapper_prefixes, weights_of
+from utils.atomic import save_atomic, write_json_atomic
 from utils.errors import UserError
 
 

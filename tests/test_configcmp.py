@@ -1,4 +1,4 @@
-"""Tests for utils/configcmp.py, on run folders written in the trainer's format."""
+"""Tests for cli/configcmp.py, on run folders written in the trainer's format."""
 import json
 import subprocess
 import sys
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.configcmp import MISSING, compare, load_run, main
+from cli.configcmp import MISSING, compare, load_run, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,7 +182,7 @@ def test_fewer_than_two_arguments_is_a_usage_error(tmp_path, capsys):
 
 def test_script_entry_point(tmp_path):
     a, b = make_run(tmp_path, "a"), make_run(tmp_path, "b", lr=0.01)
-    result = subprocess.run([sys.executable, "utils/configcmp.py", str(a), str(b)],
+    result = subprocess.run([sys.executable, "cli/configcmp.py", str(a), str(b)],
                             cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 1, result.stderr
     assert "lr" in result.stdout and "0.01" in result.stdout

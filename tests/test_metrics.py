@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from utils.meter import MetricSums
+from state.metric_sums import MetricSums
 from utils.metrics import (classification_metrics, classification_stats, dice_iou_per_image, per_class_accuracy,
                            segmentation_metrics, segmentation_stats)
 

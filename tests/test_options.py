@@ -1,9 +1,9 @@
-"""Tests for utils/options.py: the command-line parser, flags and explicit options."""
+"""Tests for cli/options.py: the command-line parser, flags and explicit options."""
 import argparse
 
 import pytest
 
-from utils.options import Parser, add_flag, explicit_options, positive_float
+from cli.options import Parser, add_flag, explicit_options, positive_float
 
 
 def _parser():

@@ -66,7 +66,7 @@ def test_per_step_schedule_ema_and_top_k_resume_exactly(fashion_dir, tmp_path, u
 
 
 def test_ema_follows_the_formula(restore_global_rng):
-    from utils.ema import EMA
+    from training.ema import EMA
     model = torch.nn.Linear(3, 2)
     torch.nn.init.zeros_(model.weight)
     torch.nn.init.zeros_(model.bias)
@@ -88,7 +88,7 @@ def test_ema_follows_the_formula(restore_global_rng):
 
 
 def test_ema_buffers_are_copied_not_averaged():
-    from utils.ema import EMA
+    from training.ema import EMA
     model = torch.nn.BatchNorm1d(2)
     ema = EMA(model, decay=0.99)
     model.train()

@@ -300,22 +300,22 @@ def test_a_crash_in_the_test_leaves_the_training_state_alone(fashion_dir, tmp_pa
 
 
 def test_a_cut_between_the_last_and_the_best_write_is_repaired(fashion_dir, tmp_path, uninterrupted, monkeypatch):
-    import utils.run_folder
+    import state.run_folder
     best_epoch = read_json(uninterrupted / "metrics.json")["best_epoch"]
-    real_save = utils.run_folder.save_atomic
+    real_save = state.run_folder.save_atomic
     cut = []
 
     def disk_full_at_the_best_epoch(content, path):
         if path.name == "Vanilla_best_ckpt.pth" and not cut and load_plain(path.parent / "Vanilla_last_ckpt.pth")["epoch"] == best_epoch:
             cut.append(path)
-            raise utils.run_folder.UserError(f"could not write {path}: No space left on device")
+            raise state.run_folder.UserError(f"could not write {path}: No space left on device")
         real_save(content, path)
 
-    monkeypatch.setattr(utils.run_folder, "save_atomic", disk_full_at_the_best_epoch)
+    monkeypatch.setattr(state.run_folder, "save_atomic", disk_full_at_the_best_epoch)
     with pytest.raises(SystemExit):
         train_vanilla(fashion_dir, tmp_path, *FLAGS)
     assert cut
-    monkeypatch.setattr(utils.run_folder, "save_atomic", real_save)
+    monkeypatch.setattr(state.run_folder, "save_atomic", real_save)
     run = run_dirs(tmp_path)[0]
     resume(run)
     assert load_plain(run / "Vanilla_best_ckpt.pth")["epoch"] == read_json(run / "metrics.json")["best_epoch"] == best_epoch

@@ -164,7 +164,7 @@ def graph_written(run):
 
 def test_compiled_model_checkpoint_loads_into_a_plain_model_and_back(fashion_dir, tmp_path):
     from model.vanilla_model import VanillaMLP
-    from utils.checkpoint import load_weights
+    from state.checkpoint import load_weights
     run = train_vanilla(fashion_dir, tmp_path / "compiled", "--compile", "--compile_backend", "eager", *FLAGS)
     assert graph_written(run)
     weights = load_plain(run / "Vanilla_best_ckpt.pth")["model"]

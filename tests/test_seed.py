@@ -5,7 +5,8 @@ import random
 import numpy as np
 import torch
 
-from utils.checkpoint import load_checkpoint, save_atomic
+from state.checkpoint import load_checkpoint
+from utils.atomic import save_atomic
 from utils.seed import get_rng_state, set_rng_state
 
 

@@ -34,7 +34,7 @@ def in_process_sweep(folder, n_trials=2, devices=()):
     """A study and a Sweep on it in `folder`, with no task behind it: for the sweep's own bookkeeping."""
     from argparse import Namespace
 
-    from utils.search_space import parse_space
+    from sweeps.space import parse_space
     params = parse_space(["lr=uniform:0.1:0.2"])
     args = Namespace(seed=0, sampler="tpe", pruner="none", startup_trials=2, warmup_epochs=1)
     study = sweep.open_study(None, folder, "vanilla", "maximize", params, args)

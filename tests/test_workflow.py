@@ -202,7 +202,7 @@ def test_the_summary_counts_the_parameters_and_goes_into_config_json(fashion_dir
 def test_configcmp_shows_the_parameter_count(fashion_dir, tmp_path):
     runs = [train_vanilla(fashion_dir, tmp_path / name, *QUICK, "--n_epoch", "1", "--lr", lr)
             for name, lr in (("a", "0.001"), ("b", "0.002"))]
-    result = run_script("utils/configcmp.py", *runs)
+    result = run_script("cli/configcmp.py", *runs)
     assert result.returncode == 1, result.stderr
     parameters = read_json(runs[0] / "config.json")["model"]["parameters"]
     assert "parameters" in result.stdout and str(parameters) in result.stdout
@@ -227,7 +227,7 @@ def test_tensorboard_reads_the_model_graph(fashion_dir, tmp_path):
 def test_the_graph_of_a_model_returning_a_list_is_written(tmp_path):
     from model.unetpp import UNetPlusPlus
     from utils.logger import setup_logger
-    from utils.run_folder import RunFolder
+    from state.run_folder import RunFolder
     model = UNetPlusPlus(n_channels=3, n_classes=1, depth=2, base_width=4, deep_supervision=True)
     model.train()
     assert isinstance(model(torch.zeros(1, 3, 32, 32)), (list, tuple))
@@ -328,7 +328,7 @@ def test_a_mistyped_flag_suggests_the_nearest_ones(capsys):
 def test_help_shows_each_default_once():
     from eval_seg_on_carvana import SegOnCarvanaEvaluator
     from trainer_seg_on_carvana import SegOnCarvanaTrainer
-    from utils.options import HelpFormatter
+    from cli.options import HelpFormatter
     for parser in (VanillaTrainer.build_parser(), SegOnCarvanaTrainer.build_parser(),
                    SegOnCarvanaEvaluator.build_parser()):
         formatter = HelpFormatter(parser.prog)

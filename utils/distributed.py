@@ -33,10 +33,6 @@ def world_size():
     return dist.get_world_size() if is_distributed() else 1
 
 
-def is_main_process():
-    return rank() == 0
-
-
 def broadcast_object(obj, src=0):
     """Rank `src`'s value of a picklable object, on every rank."""
     if not is_distributed():

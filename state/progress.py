@@ -3,8 +3,8 @@
 One object, created with the trainer, saved and restored through one `state_dict`, so that no
 part of the progress can be restored without the rest.
 """
-from utils.earlystopper import EarlyStopper
-from utils.meter import MetricSums
+from state.early_stopping import EarlyStopper
+from state.metric_sums import MetricSums
 
 
 class TrainingProgress:

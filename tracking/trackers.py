@@ -28,7 +28,7 @@ import netrc
 import os
 from pathlib import Path
 
-from utils.checkpoint import atomic_open
+from utils.atomic import atomic_open
 from utils.errors import UserError, import_optional
 
 LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.options import parse_bool
+from cli.options import parse_bool
 
 SUFFIXES = (".json", ".yaml", ".yml")
 NOT_IN_FILES = ("config", "print_config", "resume")  # about the file itself, or the command line's alone
@@ -20,7 +20,7 @@ NOT_IN_FILES = ("config", "print_config", "resume")  # about the file itself, or
 
 def config_file_in(argv):
     """The --config path in `argv`, read before the full parse so the file can set its defaults."""
-    from utils.options import Parser
+    from cli.options import Parser
     parser = Parser(add_help=False)
     parser.add_argument("--config", type=Path, default=None, metavar="FILE")
     known, _ = parser.parse_known_args(argv)

@@ -4,11 +4,11 @@ import json
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.optimizer import OPTIMIZERS
-from utils.options import (add_flag, explicit_options, fraction, non_negative_float, non_negative_int, positive_float,
+from training.optimizers import OPTIMIZERS
+from cli.options import (add_flag, explicit_options, fraction, non_negative_float, non_negative_int, positive_float,
                            positive_int, ratio)
-from utils.scheduler import SCHEDULERS, SCHEDULES_OVER_N_EPOCH
-from utils.trackers import LOGGERS, logger_names, mlflow_uri
+from training.schedules import SCHEDULERS, SCHEDULES_OVER_N_EPOCH
+from tracking.trackers import LOGGERS, logger_names, mlflow_uri
 
 # Options of the base that a resumed run may change: they do not change what is computed. A task
 # adds its own in `TrainerBase.task_resume_safe_options`.
@@ -162,7 +162,7 @@ def add_base_arguments(parser, model_types, data_types):
 
 def check_schedule(args):
     """Schedule options that contradict each other, refused before anything runs."""
-    from utils.scheduler import lr_interval
+    from training.schedules import lr_interval
     interval = lr_interval(args)
     if args.lr_scheduler == "plateau" and interval == "step":
         raise UserError("--lr_scheduler plateau --lr_interval step: plateau decays on a per-epoch metric; "

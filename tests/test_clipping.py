@@ -1,9 +1,9 @@
-"""Tests for utils/clipper.py: gradient clipping by norm and by value."""
+"""Tests for training/clipping.py: gradient clipping by norm and by value."""
 import pytest
 import torch
 from torch import nn
 
-from utils.clipper import Clipper
+from training.clipping import Clipper
 
 
 def _parameters_with_grads():

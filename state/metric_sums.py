@@ -1,28 +1,9 @@
-"""Running averages weighted by the real batch size, and metric sums reduced across processes."""
+"""Sums of per-batch statistics, reduced across processes: the numbers every metric is made of."""
 import math
 
 import torch
 
 from utils import distributed
-
-
-class AverageMeter:
-    """Mean of values where each value counts for `n` samples (the last batch is often smaller)."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.sum = 0.0
-        self.count = 0
-
-    def update(self, value, n=1):
-        self.sum += float(value) * n
-        self.count += n
-
-    @property
-    def avg(self):
-        return self.sum / self.count if self.count else float("nan")
 
 
 class MetricSums:

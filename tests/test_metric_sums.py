@@ -1,30 +1,8 @@
-"""Tests for utils/meter.py: AverageMeter and MetricSums."""
-import math
+"""Tests for state/metric_sums.py: MetricSums."""
 
-import pytest
 import torch
 
-from utils.meter import AverageMeter, MetricSums
-
-
-def test_average_meter_weights_by_batch_size():
-    meter = AverageMeter()
-    meter.update(1.0, n=64)
-    meter.update(3.0, n=16)
-    assert meter.count == 80
-    assert meter.avg == pytest.approx((64 * 1.0 + 16 * 3.0) / 80)
-    assert meter.avg != pytest.approx(2.0)
-
-
-def test_average_meter_accepts_tensors_and_resets():
-    meter = AverageMeter()
-    assert math.isnan(meter.avg)
-    meter.update(torch.tensor(0.5), n=4)
-    meter.update(torch.tensor(2.0))
-    assert meter.avg == pytest.approx((0.5 * 4 + 2.0) / 5)
-    meter.reset()
-    assert meter.count == 0
-    assert math.isnan(meter.avg)
+from state.metric_sums import MetricSums
 
 
 def test_metric_sums_reduce_to_python_numbers_and_tensors():

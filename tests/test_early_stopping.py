@@ -1,10 +1,10 @@
-"""Tests for utils/earlystopper.py."""
+"""Tests for state/early_stopping.py."""
 import io
 
 import pytest
 import torch
 
-from utils.earlystopper import EarlyStopper
+from state.early_stopping import EarlyStopper
 
 
 def test_early_stopper_min_mode_stops_after_patience():

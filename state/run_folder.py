@@ -27,10 +27,11 @@ from pathlib import Path
 import torch
 
 from utils import distributed
-from utils.checkpoint import load_checkpoint, save_atomic, write_json_atomic
+from state.checkpoint import load_checkpoint
+from utils.atomic import save_atomic, write_json_atomic
 from utils.errors import UserError
 from utils.timestamp import make_run_dir
-from utils.trackers import Writer, open_trackers
+from tracking.trackers import Writer, open_trackers
 
 CHECKPOINT_FORMAT = "torch-template/2"
 
@@ -116,7 +117,7 @@ class RunFolder:
                         "--log_graph false leaves it out")
 
     def open_writer(self, purge_step=None, loggers=("tensorboard",), options=None, checkpoint=None):
-        """The writer (main process only) to TensorBoard and the trackers in `loggers` (utils/trackers.py),
+        """The writer (main process only) to TensorBoard and the trackers in `loggers` (tracking/trackers.py),
         for a run with `options` (JSON values). On resume, TensorBoard drops the events past the
         checkpoint's step, written by the interrupted process after it saved (`purge_step` is the first
         step to drop), and the trackers continue from what the `checkpoint` had committed."""
@@ -252,8 +253,8 @@ def check_checkpoint(checkpoint, path, task):
 
 def check_resumable(run, checkpoint, args, world_size):
     """Refuse a resume that cannot continue the run exactly, or that has nothing left to do."""
-    from utils.progress import TrainingProgress
-    from utils.scheduler import SCHEDULES_OVER_N_EPOCH
+    from state.progress import TrainingProgress
+    from training.schedules import SCHEDULES_OVER_N_EPOCH
     saved_world = checkpoint["world_size"]
     if saved_world != world_size:
         launch = f"torchrun --nproc_per_node {saved_world}" if saved_world > 1 else "python (one process)"

@@ -1,4 +1,4 @@
-"""Tests for utils/scheduler.py: the learning-rate schedules, per epoch and per optimizer step."""
+"""Tests for training/schedules.py: the learning-rate schedules, per epoch and per optimizer step."""
 import io
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from utils.scheduler import LRSchedule
+from training.schedules import LRSchedule
 
 
 def _optimizer(*lrs):

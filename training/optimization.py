@@ -1,9 +1,9 @@
 """One optimizer step, done right: the optimizer, its lr schedule, the fp16 grad scaler and clipping."""
 import torch
 
-from utils.clipper import Clipper
-from utils.optimizer import build_optimizer
-from utils.scheduler import LRSchedule, lr_interval
+from training.clipping import Clipper
+from training.optimizers import build_optimizer
+from training.schedules import LRSchedule, lr_interval
 
 
 class Optimization:

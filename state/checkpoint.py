@@ -1,17 +1,9 @@
-"""Atomic writes and safe loading of checkpoints and result files.
+"""The checkpoint: safe loading, and the model weights in it.
 
 A checkpoint is a dict of tensors and plain Python values, so `torch.load(path, weights_only=True)`
-loads it and loading can never run code. Every write goes to a temporary file in the same folder,
-is flushed and fsynced, then renamed over the target: a process killed at any instant leaves
-either the old file or the new one, never a truncated one. The file gets the permissions the
-user's umask gives a new file (the temporary file alone would be private to the user), so
-colleagues on a shared server can read results.
+loads it and loading can never run code; it is written atomically (utils/atomic.py).
 """
-import json
-import os
 import pickle
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,67 +13,6 @@ from utils.errors import UserError
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel / DDP and by torch.compile
 # The first bytes of what torch.save writes: a zip archive, or (its legacy format) a pickle of protocol 2+.
 TORCH_SAVE_MAGICS = (b"PK\x03\x04", b"\x80")
-
-
-def new_file_mode():
-    """The permissions open() gives a new file under the process's umask."""
-    try:  # Linux shows the umask without changing it; setting it twice would race with other threads
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-@contextmanager
-def atomic_open(path, mode="wb"):
-    path = Path(path)
-    handle = tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                         delete=False)
-    try:
-        with handle:
-            yield handle
-            handle.flush()
-            os.fchmod(handle.fileno(), new_file_mode())
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):
-        # Make the rename itself durable.
-        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
-
-def save_atomic(obj, path):
-    """`torch.save` through a temporary file; a full disk raises a `UserError` and keeps the old file.
-
-    `obj` may also be the bytes of an object already serialised with `torch.save`.
-    """
-    try:
-        with atomic_open(path) as handle:
-            if isinstance(obj, bytes):
-                handle.write(obj)
-            else:
-                torch.save(obj, handle)
-    except OSError as error:
-        raise UserError(f"could not write {path}: {error.strerror or error}; the previous file is unchanged") from error
-
-
-def write_json_atomic(obj, path):
-    try:
-        with atomic_open(path, "w") as handle:
-            json.dump(obj, handle, indent=2, default=str)
-            handle.write("\n")
-    except OSError as error:
-        raise UserError(f"could not write {path}: {error.strerror or error}; the previous file is unchanged") from error
 
 
 def load_checkpoint(path):

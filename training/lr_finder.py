@@ -17,10 +17,10 @@ import signal
 import torch
 
 from utils import distributed
-from utils.checkpoint import atomic_open
-from utils.arguments import check_schedule
+from utils.atomic import atomic_open
+from cli.arguments import check_schedule
 from utils.errors import UserError
-from utils.optimizer import build_optimizer
+from training.optimizers import build_optimizer
 from utils.seed import get_rng_state, set_rng_state
 
 SMOOTHING = 0.98  # the loss curve is an exponential average of the batch losses, bias-corrected
