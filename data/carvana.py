@@ -14,18 +14,18 @@ converts them to float on the device, which keeps the data loader and any cache 
 Limits: with ``cache="none"`` a JPEG whose body is corrupt is only found when it is first read,
 so `skip_bad` cannot skip it and reading it raises `UserError`; the cached modes decode
 everything up front and can skip it. The disk cache is matched by file names and size only:
-delete the cache file after editing images in place.
+delete the cache file after editing images in place. The cache itself is data/carvana_cache.py.
 """
 import copy
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from data.carvana_cache import DiskCache, decode_pairs
 from utils.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -115,29 +115,6 @@ def _load_pair(image_path, mask_path, img_size):
     return image, torch.from_numpy(np.array(resized_mask)).unsqueeze(0)
 
 
-class _PairDecoder(Dataset):
-    """Decodes pairs for filling the cache and reports failures instead of raising them.
-
-    It holds only paths, so sending it to DataLoader workers is cheap, and a bad file comes
-    back as a message the main process can skip or raise, not as a worker traceback.
-    """
-
-    def __init__(self, image_paths, mask_paths, img_size):
-        self.image_paths = image_paths
-        self.mask_paths = mask_paths
-        self.img_size = img_size
-
-    def __len__(self):
-        return len(self.image_paths)
-
-    def __getitem__(self, index):
-        try:
-            image, mask = _load_pair(self.image_paths[index], self.mask_paths[index], self.img_size)
-        except UserError as error:
-            return index, None, None, str(error)
-        return index, image, mask, None
-
-
 class CarvanaDataset(Dataset):
     """Carvana training images and masks, resized to img_size (height, width).
 
@@ -172,6 +149,7 @@ class CarvanaDataset(Dataset):
         height, width = self.img_size
         cache_folder = self.root / ".cache" if cache_dir is None else Path(cache_dir)
         self.cache_path = cache_folder / f"carvana_{height}x{width}.pt" if cache == "disk" else None
+        self.disk_cache = DiskCache(self.cache_path, self.img_size, log) if cache == "disk" else None
 
         if cache == "disk" and self._load_cache():
             return
@@ -179,7 +157,7 @@ class CarvanaDataset(Dataset):
         if cache != "none":
             self._fill_cache()
         if cache == "disk":
-            self._save_cache()
+            self.disk_cache.save(self.images, self.masks, self.names, self.unreadable)
 
     def __len__(self):
         return len(self.names)
@@ -270,45 +248,20 @@ class CarvanaDataset(Dataset):
 
     def _fill_cache(self):
         started = time.perf_counter()
-        height, width = self.img_size
-        count = len(self.names)
-        self.images = torch.empty((count, 3, height, width), dtype=torch.uint8)
-        self.masks = torch.empty((count, 1, height, width), dtype=torch.uint8)
-        decoder = _PairDecoder(self.image_paths, self.mask_paths, self.img_size)
-        # batch_size=None hands over single items as they are, failures included. A private
-        # generator: the loader's iterator would otherwise draw its worker seed from the global
-        # random state, and filling the cache would change the run that follows.
-        loader = DataLoader(decoder, batch_size=None, num_workers=self.num_workers, generator=torch.Generator())
-        keep = [True] * count
-        for index, image, mask, error in loader:
-            if error is not None:
-                keep[index] = False
-                self._skip_or_raise(index, error)
-                continue
-            self.images[index] = image
-            self.masks[index] = mask
+        self.images, self.masks, keep = decode_pairs(_load_pair, self.image_paths, self.mask_paths, self.img_size,
+                                                     self.num_workers, self._skip_or_raise)
         if not all(keep):
-            kept_rows = torch.tensor(keep)
-            self.images = self.images[kept_rows]
-            self.masks = self.masks[kept_rows]
             self._keep(keep)
             self._require_some_left()
+        height, width = self.img_size
         megabytes = (self.images.numel() + self.masks.numel()) / 1e6
         self.log(f"cached {len(self.names)} Carvana images at {height}x{width} "
                  f"({megabytes:.1f} MB) in {time.perf_counter() - started:.1f} s")
 
     def _load_cache(self):
         """Use the disk cache if it was built from the same files at the same size."""
-        if not self.cache_path.is_file():
-            return False
-        try:
-            cached = torch.load(self.cache_path, weights_only=True)
-        except Exception as error:  # any unreadable cache is rebuilt, never trusted
-            self.log(f"rebuilding {self.cache_path}: cannot read it ({error})")
-            return False
-        reason = self._cache_mismatch(cached)
-        if reason:
-            self.log(f"rebuilding {self.cache_path}: {reason}")
+        cached = self.disk_cache.load(self.names, self.skip_bad)
+        if cached is None:
             return False
         kept = set(cached["names"])
         for index, name in enumerate(self.names):
@@ -320,51 +273,6 @@ class CarvanaDataset(Dataset):
         self.masks = cached["masks"]
         self.log(f"loaded {len(self.names)} Carvana images from {self.cache_path}")
         return True
-
-    def _cache_mismatch(self, cached):
-        """Say why the cached tensors do not fit this dataset, or return '' when they do."""
-        expected_keys = {"img_size", "names", "skipped", "images", "masks"}
-        if not isinstance(cached, dict) or not expected_keys <= cached.keys():
-            return "it is not a Carvana cache file"
-        if list(cached["img_size"]) != list(self.img_size):
-            return f"it holds size {cached['img_size']}, not {list(self.img_size)}"
-        cached_names = sorted(cached["names"] + cached["skipped"])
-        if cached_names != self.names:
-            added = len(set(self.names) - set(cached_names))
-            removed = len(set(cached_names) - set(self.names))
-            return f"the images changed ({added} added, {removed} removed)"
-        if cached["skipped"] and not self.skip_bad:
-            return f"it skipped {len(cached['skipped'])} unreadable images and skip_bad is off"
-        return ""
-
-    def _save_cache(self):
-        payload = {
-            "img_size": list(self.img_size),
-            "names": list(self.names),
-            "skipped": sorted(self.unreadable),
-            "images": self.images,
-            "masks": self.masks,
-        }
-        folder = self.cache_path.parent
-        # Written beside the target and renamed, so an interrupted run never leaves a
-        # half-written cache that a later run would load; the process id keeps two runs
-        # building the same cache from writing into one file.
-        temporary_path = folder / f".{self.cache_path.name}.{os.getpid()}.tmp"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(temporary_path, "wb") as handle:
-                torch.save(payload, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary_path, self.cache_path)
-        except OSError as error:
-            temporary_path.unlink(missing_ok=True)
-            raise UserError(f"cannot write the cache {self.cache_path}: {error}; "
-                            f"pass a writable cache_dir") from error
-        except BaseException:
-            temporary_path.unlink(missing_ok=True)
-            raise
-        self.log(f"wrote {self.cache_path}")
 
 
 class CarvanaImages(Dataset):
