@@ -17,6 +17,9 @@ from helpers import ROOT, load_plain, metric_history, read_json, refused
 
 optuna = pytest.importorskip("optuna")
 import sweep  # noqa: E402  (after the skip: it needs optuna)
+from sweeps import locks  # noqa: E402
+from sweeps.runner import Sweep  # noqa: E402
+from sweeps.study import open_study, sampler_maker  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 SPACE = ["--space", "lr=loguniform:1e-4:1e-1", "dropout=uniform:0:0.5", "batch_size=choice:32,64"]
@@ -37,9 +40,9 @@ def in_process_sweep(folder, n_trials=2, devices=()):
     from sweeps.space import parse_space
     params = parse_space(["lr=uniform:0.1:0.2"])
     args = Namespace(seed=0, sampler="tpe", pruner="none", startup_trials=2, warmup_epochs=1)
-    study = sweep.open_study(None, folder, "vanilla", "maximize", params, args)
-    return study, sweep.Sweep(folder, study, sweep.sampler_maker(params, args), params, Path("trainer_vanilla.py"),
-                              [], n_trials=n_trials, devices=list(devices))
+    study = open_study(None, folder, "vanilla", "maximize", params, args)
+    return study, Sweep(folder, study, sampler_maker(params, args), params, Path("trainer_vanilla.py"),
+                        [], n_trials=n_trials, devices=list(devices))
 
 
 def task_options(data_dir, output_dir, *extra):
@@ -217,13 +220,13 @@ def test_a_trial_told_by_another_process_between_the_read_and_the_lock_is_not_ta
     study, worker = in_process_sweep(tmp_path)
     running = study.ask()
     worker.params[0].suggest(running)
-    real_lock = sweep.try_lock
+    real_lock = locks.try_lock
 
     def told_meanwhile(path):
         if path.name == "trial_0000.lock":
             study.tell(running, 0.5)  # the other process
         return real_lock(path)
-    monkeypatch.setattr(sweep, "try_lock", told_meanwhile)
+    monkeypatch.setattr(locks, "try_lock", told_meanwhile)
     trial, fd, values, new = worker.claim()
     os.close(fd)
     assert trial.number == 1 and new and set(values) == {"lr"}

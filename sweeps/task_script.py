@@ -1,0 +1,66 @@
+"""The task script a sweep runs: its trainer, its options parsed as a trial would parse them, and
+the search space checked against them before any trial starts."""
+import difflib
+import importlib.util
+import sys
+from pathlib import Path
+
+from sweeps.space import as_argument
+from utils.errors import UserError
+
+NOT_SWEPT = ("resume", "config", "print_config", "output_dir", "proj_name", "monitor", "monitor_mode", "model_path",
+             "fast_dev_run", "lr_find")
+
+
+def load_trainer(script):
+    """The TrainerBase subclass that the task `script` defines."""
+    from trainer import TrainerBase
+    path = Path(script)
+    if not path.is_file() or path.suffix != ".py":
+        raise UserError(f"{script}: no such Python file; expected a task script such as trainer_vanilla.py")
+    sys.path.insert(0, str(path.resolve().parent))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    classes = [value for value in vars(module).values() if isinstance(value, type)
+               and issubclass(value, TrainerBase) and value.__module__ == module.__name__]
+    if len(classes) != 1:
+        raise UserError(f"{script} defines {len(classes)} trainers (TrainerBase subclasses); expected a task script "
+                        "with one, such as trainer_vanilla.py")
+    return classes[0]
+
+
+def task_options(trainer, argv):
+    """The task's parser (its errors raised as UserError) and `argv` parsed with it."""
+    from cli.config_file import config_file_in, read_config_file
+
+    def fail(message):
+        raise UserError(f"the options after --: {message}")
+    parser = trainer.build_parser()
+    parser.error = fail
+    config = config_file_in(argv)
+    if config is not None:
+        parser.set_defaults(**read_config_file(config, parser))
+    return parser, parser.parse_args(argv)
+
+
+def check_space(params, parser, argv):
+    """Every swept option exists, is not also fixed after --, and takes each of its values."""
+    from cli.options import explicit_options
+    actions = {action.dest: action for action in parser._actions if action.option_strings}
+    given = explicit_options(parser, argv)
+    for param in params:
+        name = param.name
+        if name not in actions:
+            close = difflib.get_close_matches(name, list(actions), n=3, cutoff=0.7)
+            raise UserError(f"--space {name}: not an option of the task script"
+                            + (f"; did you mean {' or '.join(close)}?" if close else ""))
+        if name in NOT_SWEPT or actions[name].nargs not in (None, "?"):
+            raise UserError(f"--space {name}: this option cannot be swept (it is fixed for a sweep, or takes a list)")
+        if name in given:
+            raise UserError(f"--space {name} and --{name} after --: an option is either swept or fixed")
+        for value in param.examples():
+            def fail(message, value=value):
+                raise UserError(f"--space {name}={param.describe()}: the task refuses {as_argument(value)} ({message})")
+            parser.error = fail
+            parser.parse_args([*argv, f"--{name}", as_argument(value)])
