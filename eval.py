@@ -31,47 +31,46 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from cli.arguments import SPLIT_OPTIONS, TRAINING_OPTIONS, merge_options
-from state.checkpoint import load_checkpoint, weights_of
+from cli.arguments import merge_options, task_parser
+from state.checkpoint import find_checkpoint, read_checkpoint, weights_of
 from utils.atomic import write_json_atomic
 from utils.errors import UserError, run_cli
-from cli.options import add_flag, explicit_options, positive_int
-from state.run_folder import RunFolder, check_checkpoint, find_checkpoint
+from cli.options import EVALUATION, add_flag, add_option, explicit_options, options_where, positive_int
+from runner import Runner
+from state.run_folder import RunFolder
 
 
-class EvaluatorBase:
-    trainer_class = None  # the task's TrainerBase subclass
+class EvaluatorBase(Runner):
+    """Evaluates a checkpoint of the task named by `task_class` (task.py)."""
 
     @classmethod
     def build_parser(cls):
-        parser = cls.trainer_class.build_parser()
-        parser.description = f"Evaluate a checkpoint of {cls.trainer_class.__name__} on a split of its run."
-        refused = cls.refused_options()
+        parser = task_parser(cls.task_class, f"Evaluate a checkpoint of the {cls.task_class.name} task on a split of its run.")
+        refused = cls.refused_options(parser)
         for action in parser._actions:
             if action.dest in refused:
                 action.help = argparse.SUPPRESS  # accepted by the parser only to be refused by name
         group = parser.add_argument_group("evaluation")
-        group.add_argument("--save_path", type=Path, default=None,
+        add_option(group, "--save_path", rules=EVALUATION, type=Path, default=None,
                            help="output folder (default <run folder>/eval/<split>[_<tag>])")
-        group.add_argument("--split", choices=("test", "val"), default="test", help="which part of the run's split")
-        group.add_argument("--tag", type=_tag, default=None,
+        add_option(group, "--split", rules=EVALUATION, choices=("test", "val"), default="test", help="which part of the run's split")
+        add_option(group, "--tag", rules=EVALUATION, type=_tag, default=None,
                            help="a name for this evaluation, added to its folder's: <split>_<tag>")
-        group.add_argument("--weights", choices=("raw", "ema"), default=None,
+        add_option(group, "--weights", rules=EVALUATION, choices=("raw", "ema"), default=None,
                            help="the trained weights or their average (--ema_decay); default: the average when the "
                                 "checkpoint has one")
-        add_flag(group, "--viz", help="write pictures of the predictions to <save_path>/viz")
-        group.add_argument("--n_snap", type=positive_int, default=10, help="with --viz: every N-th sample")
+        add_flag(group, "--viz", EVALUATION, help="write pictures of the predictions to <save_path>/viz")
+        add_option(group, "--n_snap", rules=EVALUATION, type=positive_int, default=10, help="with --viz: every N-th sample")
         cls.add_eval_arguments(parser)
         return parser
 
-    @classmethod
-    def refused_options(cls):
+    @staticmethod
+    def refused_options(parser):
         """{option: why the evaluator refuses it}: the training's options, and the split's."""
-        trainer = cls.trainer_class
         training = "is a training option; the evaluator uses the checkpoint's value"
         split = "defines the split, which the evaluator reads from the run's split.json"
-        return {**{name: training for name in (*TRAINING_OPTIONS, *trainer.task_training_options)},
-                **{name: split for name in (*SPLIT_OPTIONS, *trainer.task_split_options)}}
+        return {**{name: training for name in options_where(parser, lambda rules: rules.training)},
+                **{name: split for name in options_where(parser, lambda rules: rules.split)}}
 
     @classmethod
     def add_eval_arguments(cls, parser):
@@ -93,14 +92,14 @@ class EvaluatorBase:
         parser = self.build_parser()
         argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
         args = parser.parse_args(argv)
-        refused = self.refused_options()
+        refused = self.refused_options(parser)
         for name in sorted(explicit_options(parser, argv) & set(refused)):
             raise UserError(f"--{name} {refused[name]}")
         if args.model_path is None:
             raise UserError("--model_path is required: the checkpoint to evaluate, "
                             "e.g. Results/<proj_name>/<timestamp>/<model_type>_best_ckpt.pth")
         path = find_checkpoint(args.model_path, kind="best")
-        self.checkpoint = check_checkpoint(load_checkpoint(path), path, self.trainer_class.__name__)
+        self.checkpoint = read_checkpoint(path, self.task_class.name)
         args = merge_options(parser, argv, args, self.checkpoint["config"])
         args.model_path, args.pretrained, args.resume = None, False, None  # the weights are the checkpoint's
         has_ema = self.checkpoint.get("ema") is not None
@@ -109,10 +108,8 @@ class EvaluatorBase:
         self.weights = args.weights or ("ema" if has_ema else "raw")
         self.checkpoint_path = path
         self.run_folder = RunFolder(path.parent, args.model_type, writes=False)
-        self.args = args
+        super().__init__(args)
         self.save_path = Path(args.save_path) if args.save_path else self.run_folder.path / "eval" / self.output_name()
-        self.trainer = self.trainer_class(args)
-        self.log = self.trainer.log
 
     def output_name(self):
         return self.args.split + (f"_{self.args.tag}" if self.args.tag else "")
@@ -159,7 +156,7 @@ class EvaluatorBase:
             self.log.warning(f"{self.run_folder.path / 'split.json'} not found: the split is recomputed "
                              "from the saved seed and options")
         weights = weights_of(self.checkpoint, ema=self.weights == "ema")
-        self.trainer.setup_for_evaluation(weights, self.checkpoint_path, split, data)
+        self.setup_for_evaluation(weights, self.checkpoint_path, split, data)
         try:
             self.save_path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -168,15 +165,15 @@ class EvaluatorBase:
     def run(self):
         self.setup()
         phase = self.args.split
-        metrics, totals = self.trainer.evaluate(phase, on_batch=self.on_batch)
-        self.trainer.report(phase, totals, None)
+        metrics, totals = self.evaluate(phase, on_batch=self.on_batch)
+        self.task.report(phase, totals, None, None)
         self.finish()
         for name, value in metrics.items():
             print(f"{name}: {value:.6f}")
         summary = {"checkpoint": str(self.checkpoint_path), "epoch": self.checkpoint.get("epoch"),
                    "best_epoch": self.checkpoint.get("best_epoch"),
                    "split": phase, "tag": self.args.tag, "weights": self.weights,
-                   "samples": len(self.trainer.datasets[phase]),
+                   "samples": len(self.datasets[phase]),
                    "metrics": metrics, **self.results()}
         write_json_atomic(summary, self.save_path / "metrics.json")
         return metrics

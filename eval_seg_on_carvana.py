@@ -22,22 +22,23 @@ from pathlib import Path
 import numpy as np
 
 from eval import EvaluatorBase
-from trainer_seg_on_carvana import SegOnCarvanaTrainer, car_probability
+from trainer_seg_on_carvana import SegOnCarvanaTask, car_probability
 from utils.atomic import atomic_open, write_json_atomic
+from cli.options import EVALUATION, add_option
 from utils.errors import UserError
 from utils.metrics import dice_iou_per_image
 from utils.rle import rle_encode
 
 
 class SegOnCarvanaEvaluator(EvaluatorBase):
-    trainer_class = SegOnCarvanaTrainer
+    task_class = SegOnCarvanaTask
 
     @classmethod
     def add_eval_arguments(cls, parser):
         group = parser.add_argument_group("carvana evaluation")
-        group.add_argument("--input_dir", type=Path, default=None,
+        add_option(group, "--input_dir", rules=EVALUATION, type=Path, default=None,
                            help="predict masks for the unlabelled images in this folder (e.g. Kaggle's test)")
-        group.add_argument("--submission", type=Path, default=None,
+        add_option(group, "--submission", rules=EVALUATION, type=Path, default=None,
                            help="with --input_dir: the Kaggle CSV to write "
                                 "(default <run>/eval/predict[_<tag>]/submission.csv)")
 
@@ -54,7 +55,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         from data.carvana import load_mask
         from utils.metrics import binary_masks
         images, masks = batch
-        subset = self.trainer.datasets[self.args.split]
+        subset = self.datasets[self.args.split]
         dataset = subset.dataset
         dice, iou = dice_iou_per_image(binary_masks(outputs.float(), self.args.threshold),
                                        masks.reshape(len(masks), *outputs.shape[2:]) > 0)
@@ -155,7 +156,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
                     self.write_viz(masks, samples, images)
 
             if len(images):  # all rows may be there already, from an interruption just before the end
-                self.trainer.evaluate("predict", on_batch=encode, loader=self.trainer.make_loader(images))
+                self.evaluate("predict", on_batch=encode, loader=self.make_loader(images))
         bar.close()
         finish_submission(partial, submission)
         if unreadable:

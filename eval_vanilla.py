@@ -8,14 +8,14 @@ image enlarged, labelled with the true class and the prediction (green when righ
 import sys
 
 from eval import EvaluatorBase
-from trainer_vanilla import MEAN, STD, VanillaTrainer
+from trainer_vanilla import MEAN, STD, VanillaTask
 
 SHEET_COLUMNS, SHEET_ROWS = 10, 10  # samples per sheet: a hundred, at 4x their 28x28 pixels
 SCALE, LABEL_HEIGHT, GAP = 4, 26, 4  # a tile: the image at 4x, two lines of label, a white margin
 
 
 class VanillaEvaluator(EvaluatorBase):
-    trainer_class = VanillaTrainer
+    task_class = VanillaTask
 
     def __init__(self, argv):
         super().__init__(argv)

@@ -15,50 +15,48 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from task import TaskBase
 from trainer import TrainerBase
 from utils.metrics import binary_masks, dice_iou_per_image, foreground_probability, segmentation_metrics, segmentation_stats
-from cli.options import add_flag, positive_int, ratio, unit_interval
+from cli.options import PLACE, SHARED, SPLIT, TRAINING, add_flag, add_option, positive_int, ratio, unit_interval
 
 
-class SegOnCarvanaTrainer(TrainerBase):
-    """Train UNet / UNet++ to segment cars in Carvana images."""
+class SegOnCarvanaTask(TaskBase):
+    """Binary car segmentation of Carvana images with UNet / UNet++."""
 
+    name = "SegOnCarvana"
     model_types = ("UNet", "UNet++")
     data_types = ("Carvana",)
     metric_names = ("loss", "dice", "iou", "pixel_accuracy")
     eval_stats_every = 1  # full-size masks and logits: no point holding several batches
-    task_resume_safe_options = ("cache", "cache_dir")
-    task_training_options = ("augment", "max_shift", "n_viz", "loss", "n_channels", "n_classes", "depth",
-                             "base_width", "deep_supervision")
-    task_split_options = ("test_ratio",)
 
     @classmethod
-    def add_task_arguments(cls, parser):
+    def add_arguments(cls, parser):
         from loss.loss_entry import LOSSES
         parser.set_defaults(proj_name="SegOnCarvana", data_dir=Path("Dataset/Carvana"), monitor="val/dice",
                             monitor_mode="max", n_epoch=20, batch_size=8, lr=1e-3, optim="adam")
         data = parser.add_argument_group("carvana data")
-        data.add_argument("--img_size", type=positive_int, nargs=2, default=[320, 480], metavar=("H", "W"),
+        add_option(data, "--img_size", rules=SHARED, type=positive_int, nargs=2, default=[320, 480], metavar=("H", "W"),
                           help="height and width images and masks are resized to (masks by nearest neighbour)")
-        data.add_argument("--test_ratio", type=ratio, default=0.1, help="fraction of the cars held out for testing")
-        data.add_argument("--cache", choices=("none", "memory", "disk"), default="memory",
+        add_option(data, "--test_ratio", rules=SPLIT, type=ratio, default=0.1, help="fraction of the cars held out for testing")
+        add_option(data, "--cache", rules=PLACE, choices=("none", "memory", "disk"), default="memory",
                           help="keep decoded, resized tensors in memory, or also in a file for later runs")
-        data.add_argument("--cache_dir", type=Path, default=None, help="folder of the disk cache (default <data_dir>/.cache)")
-        add_flag(data, "--skip_bad", help="skip images without a mask or unreadable files (counted) instead of failing")
-        add_flag(data, "--augment", default=True, help="random horizontal flips and small shifts for training")
-        data.add_argument("--max_shift", type=unit_interval, default=0.05,
+        add_option(data, "--cache_dir", rules=PLACE, type=Path, default=None, help="folder of the disk cache (default <data_dir>/.cache)")
+        add_flag(data, "--skip_bad", SHARED, help="skip images without a mask or unreadable files (counted) instead of failing")
+        add_flag(data, "--augment", TRAINING, default=True, help="random horizontal flips and small shifts for training")
+        add_option(data, "--max_shift", rules=TRAINING, type=unit_interval, default=0.05,
                           help="largest random shift, as a fraction of the image size")
 
         model = parser.add_argument_group("segmentation model")
-        model.add_argument("--n_channels", type=positive_int, default=3, help="input channels")
-        model.add_argument("--n_classes", type=positive_int, default=1, help="1 for a sigmoid output, 2+ for softmax")
-        model.add_argument("--depth", type=positive_int, default=4, help="number of down-sampling levels")
-        model.add_argument("--base_width", type=positive_int, default=32, help="channels of the first level")
-        add_flag(model, "--deep_supervision", help="UNet++: train every nested head (loss averaged)")
-        model.add_argument("--loss", choices=sorted(LOSSES), default="bce_dice", help="loss function")
-        model.add_argument("--threshold", type=unit_interval, default=0.5, help="probability above which a pixel is car")
-        model.add_argument("--n_viz", type=positive_int, default=4, help="validation images shown in TensorBoard")
-        model.add_argument("--tta", choices=("none", "hflip"), default="none",
+        add_option(model, "--n_channels", rules=TRAINING, type=positive_int, default=3, help="input channels")
+        add_option(model, "--n_classes", rules=TRAINING, type=positive_int, default=1, help="1 for a sigmoid output, 2+ for softmax")
+        add_option(model, "--depth", rules=TRAINING, type=positive_int, default=4, help="number of down-sampling levels")
+        add_option(model, "--base_width", rules=TRAINING, type=positive_int, default=32, help="channels of the first level")
+        add_flag(model, "--deep_supervision", TRAINING, help="UNet++: train every nested head (loss averaged)")
+        add_option(model, "--loss", rules=TRAINING, choices=sorted(LOSSES), default="bce_dice", help="loss function")
+        add_option(model, "--threshold", rules=SHARED, type=unit_interval, default=0.5, help="probability above which a pixel is car")
+        add_option(model, "--n_viz", rules=TRAINING, type=positive_int, default=4, help="validation images shown in TensorBoard")
+        add_option(model, "--tta", rules=SHARED, choices=("none", "hflip"), default="none",
                            help="test-time augmentation when evaluating: hflip averages the probabilities of "
                                 "each image and of its mirror image")
 
@@ -119,16 +117,15 @@ class SegOnCarvanaTrainer(TrainerBase):
             return mean.clamp_min(1e-12).log()
         return logits
 
-    def sample_stats(self, phase, outputs, indices):
+    def sample_stats(self, phase, dataset, outputs, indices):
         """The test as Kaggle scores it: each image's logits upsampled to its photo's size,
         thresholded, against its original mask file; sums of per-image dice and IoU."""
         if phase != "test":
             return {}
         from data.carvana import load_mask
-        subset = self.datasets[phase]
         dice_sum = iou_sum = 0.0
         for row, position in enumerate(indices.tolist()):
-            truth = load_mask(subset.dataset.mask_paths[int(subset.indices[position])]).to(outputs.device) > 0
+            truth = load_mask(dataset.dataset.mask_paths[int(dataset.indices[position])]).to(outputs.device) > 0
             predicted = car_probability(outputs[row:row + 1], truth.shape) > self.args.threshold
             dice, iou = dice_iou_per_image(predicted, truth.unsqueeze(0))
             dice_sum, iou_sum = dice_sum + dice.sum(), iou_sum + iou.sum()
@@ -152,6 +149,12 @@ class SegOnCarvanaTrainer(TrainerBase):
         truth = (masks[:count] > 0).float()
         rows = torch.cat([images[:count].float(), truth.expand(-1, 3, -1, -1), predicted.expand(-1, 3, -1, -1)], dim=3)
         writer.add_images("val/image_truth_prediction", rows.clamp(0, 1).cpu(), epoch)
+
+
+class SegOnCarvanaTrainer(TrainerBase):
+    """Train UNet / UNet++ to segment cars in Carvana images."""
+
+    task_class = SegOnCarvanaTask
 
 
 def last_head(logits):

@@ -7,29 +7,29 @@ import sys
 
 import torch
 
+from task import TaskBase
 from trainer import TrainerBase
 from utils.metrics import classification_metrics, classification_stats, per_class_accuracy
-from cli.options import add_flag, unit_interval
+from cli.options import TRAINING, TRAINING_RESUMABLE, add_flag, add_option, unit_interval
 
 MEAN, STD = 0.2860, 0.3530  # FashionMNIST pixel statistics
 
 
-class VanillaTrainer(TrainerBase):
-    """Train an MLP on FashionMNIST (784-512-512-10)."""
+class VanillaTask(TaskBase):
+    """FashionMNIST classification with an MLP (784-512-512-10)."""
 
+    name = "Vanilla"
     model_types = ("Vanilla",)
     data_types = ("FashionMNIST",)
     metric_names = ("loss", "accuracy", "top5_accuracy")
-    task_resume_safe_options = ("download",)
-    task_training_options = ("download", "dropout")
 
     @classmethod
-    def add_task_arguments(cls, parser):
+    def add_arguments(cls, parser):
         parser.set_defaults(proj_name="Vanilla", monitor="val/accuracy", monitor_mode="max", n_epoch=10,
                             batch_size=64, lr=1e-3, optim="adam")
         group = parser.add_argument_group("vanilla task")
-        add_flag(group, "--download", help="download FashionMNIST into <data_dir>/FashionMNIST/raw first")
-        group.add_argument("--dropout", type=unit_interval, default=0.2, help="dropout after each hidden layer")
+        add_flag(group, "--download", TRAINING_RESUMABLE, help="download FashionMNIST into <data_dir>/FashionMNIST/raw first")
+        add_option(group, "--dropout", rules=TRAINING, type=unit_interval, default=0.2, help="dropout after each hidden layer")
 
     def build_loss(self):
         return torch.nn.CrossEntropyLoss()
@@ -49,15 +49,21 @@ class VanillaTrainer(TrainerBase):
     def compute_metrics(self, totals):
         return classification_metrics(totals)
 
-    def report(self, phase, totals, epoch):
+    def report(self, phase, totals, epoch, writer):
         if phase == "train" or "confusion" not in totals:
             return
         from data.fashion_mnist import CLASSES
         accuracies = per_class_accuracy(totals["confusion"])
         self.log.info(f"{phase} per-class accuracy: " + ", ".join(f"{n} {v:.3f}" for n, v in zip(CLASSES, accuracies)))
-        if self.writer is not None and epoch is not None:
+        if writer is not None and epoch is not None:
             for name, value in zip(CLASSES, accuracies):
-                self.writer.add_scalar(f"{phase}_per_class/{name.replace('/', '_').replace(' ', '_')}", value, epoch)
+                writer.add_scalar(f"{phase}_per_class/{name.replace('/', '_').replace(' ', '_')}", value, epoch)
+
+
+class VanillaTrainer(TrainerBase):
+    """Train an MLP on FashionMNIST (784-512-512-10)."""
+
+    task_class = VanillaTask
 
 
 if __name__ == "__main__":

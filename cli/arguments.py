@@ -1,163 +1,152 @@
 """The options every task shares, and how a resumed or evaluated run merges them with its saved ones."""
 import argparse
 import json
+import os
 from pathlib import Path
 
 from utils.errors import UserError
 from training.optimizers import OPTIMIZERS
-from cli.options import (add_flag, explicit_options, fraction, non_negative_float, non_negative_int, positive_float,
+from cli.options import (PLACE, SHARED, SPLIT, TRAINING, TRAINING_RESUMABLE, Parser, add_flag, add_option, explicit_options, fraction, options_where, undeclared_options, non_negative_float, non_negative_int, positive_float,
                            positive_int, ratio)
 from training.schedules import SCHEDULERS, SCHEDULES_OVER_N_EPOCH
-from tracking.trackers import LOGGERS, logger_names, mlflow_uri
+from tracking.trackers import LOGGERS, check_installed, logger_names, mlflow_uri
 
-# Options of the base that a resumed run may change: they do not change what is computed. A task
-# adds its own in `TrainerBase.task_resume_safe_options`.
-RESUME_SAFE_OPTIONS = frozenset({
-    "resume", "n_epoch", "num_workers", "data_dir", "output_dir", "description", "debug", "save_every_n_steps",
-    "log_every_n_steps", "gpu_devices", "pin_memory", "compile", "compile_backend", "model_path", "pretrained",
-    "partial_load", "config", "print_config", "log_graph", "lr_find", "lr_find_apply", "lr_find_min", "lr_find_max",
-    "lr_find_steps",
-})
-
-# Options of the base that only training uses, and those that define the split: the evaluator takes
-# both from the checkpoint and refuses them on its command line. A task adds its own in
-# `TrainerBase.task_training_options` / `task_split_options`.
-TRAINING_OPTIONS = (
-    "config", "print_config", "proj_name", "description", "output_dir", "log_every_n_steps", "log_graph", "logger",
-    "mlflow_uri",
-    "fast_dev_run", "overfit_batches", "model_type", "pretrained", "partial_load", "n_epoch", "optim", "lr",
-    "weight_decay", "momentum", "lr_scheduler", "lr_interval", "min_lr", "warmup_epoch", "warmup_steps",
-    "lr_decay_epochs", "lr_decay_rate",
-    "plateau_patience", "clip", "clip_mode", "accum_steps", "skip_nonfinite", "ema_decay", "ema_warmup", "monitor",
-    "monitor_mode",
-    "early_stop_patience", "early_stop_delta", "save_every_n_steps", "save_top_k", "resume", "sync_bn", "lr_find",
-    "lr_find_apply", "lr_find_min", "lr_find_max", "lr_find_steps",
-)
-SPLIT_OPTIONS = ("seed", "data_type", "val_ratio", "train_val_sample_rate", "test_sample_rate")
+def task_parser(task_class, description=None):
+    """The parser of a task's scripts: the base's options, offering the task's models and datasets, and the task's."""
+    from data.data_entry import DATASETS
+    from model.model_entry import MODELS
+    parser = Parser(description=description)
+    add_base_arguments(parser, [name for name in MODELS if name in task_class.model_types] or sorted(MODELS),
+                       [name for name in DATASETS if name in task_class.data_types] or sorted(DATASETS))
+    task_class.add_arguments(parser)
+    mistakes = undeclared_options(parser)
+    if mistakes:
+        raise TypeError(f"{task_class.__name__}: options without rules, or defaults of no option: {', '.join(mistakes)}")
+    return parser
 
 
 def add_base_arguments(parser, model_types, data_types):
     """The base's argparse groups; `model_types` / `data_types` are the names the task offers."""
     run = parser.add_argument_group("run")
-    run.add_argument("--config", type=Path, default=None, metavar="FILE",
+    add_option(run, "--config", rules=TRAINING_RESUMABLE.but(sweep=False, in_files=False), type=Path, default=None, metavar="FILE",
                      help="options from a .json/.yaml file (a run's config.json repeats that run); "
                           "flags given on the command line override it")
-    run.add_argument("--print_config", nargs="?", const="yaml", choices=("yaml", "json"), default=None,
+    add_option(run, "--print_config", rules=TRAINING_RESUMABLE.but(sweep=False, in_files=False), nargs="?", const="yaml", choices=("yaml", "json"), default=None,
                      help="print the resolved options as a config file (yaml unless json is given) and exit")
-    run.add_argument("--proj_name", default="Default", help="project name; runs go to <output_dir>")
-    run.add_argument("--description", default="", help="free text kept in config.json")
-    run.add_argument("--seed", type=non_negative_int, default=0, help="random seed (0 is a valid seed)")
-    add_flag(run, "--deterministic", help="deterministic kernels (slower); with a fixed seed, a run repeats exactly")
-    run.add_argument("--output_dir", type=Path, default=None, help="where run folders go (default Results/<proj_name>)")
-    run.add_argument("--log_every_n_steps", type=positive_int, default=50,
+    add_option(run, "--proj_name", rules=TRAINING.but(sweep=False), default="Default", help="project name; runs go to <output_dir>")
+    add_option(run, "--description", rules=TRAINING_RESUMABLE, default="", help="free text kept in config.json")
+    add_option(run, "--seed", rules=SPLIT, type=non_negative_int, default=0, help="random seed (0 is a valid seed)")
+    add_flag(run, "--deterministic", SHARED, help="deterministic kernels (slower); with a fixed seed, a run repeats exactly")
+    add_option(run, "--output_dir", rules=TRAINING_RESUMABLE.but(sweep=False), type=Path, default=None, help="where run folders go (default Results/<proj_name>)")
+    add_option(run, "--log_every_n_steps", rules=TRAINING_RESUMABLE, type=positive_int, default=50,
                      help="log the training loss to the console and TensorBoard every N optimizer steps")
-    add_flag(run, "--debug", help="show full tracebacks for user errors")
-    add_flag(run, "--log_graph", default=True, help="write the model's graph to TensorBoard's Graphs tab")
-    run.add_argument("--logger", type=logger_names, default=["tensorboard"], metavar="NAMES",
+    add_flag(run, "--debug", PLACE, help="show full tracebacks for user errors")
+    add_flag(run, "--log_graph", TRAINING_RESUMABLE, default=True, help="write the model's graph to TensorBoard's Graphs tab")
+    add_option(run, "--logger", rules=TRAINING, type=logger_names, default=["tensorboard"], metavar="NAMES",
                      help=f"where scalars go, comma-separated: {', '.join(LOGGERS)} (csv: metrics.csv in the run "
                           "folder; mlflow and wandb need their packages) (default: tensorboard)")
-    run.add_argument("--mlflow_uri", type=mlflow_uri, default=None, metavar="URI",
+    add_option(run, "--mlflow_uri", rules=TRAINING, type=mlflow_uri, default=None, metavar="URI",
                      help="with --logger mlflow: the tracking URI or a local folder (default: $MLFLOW_TRACKING_URI, "
                           "else ./mlruns, a file store)")
 
     debug = parser.add_argument_group("debug runs")
-    debug.add_argument("--fast_dev_run", type=non_negative_int, nargs="?", const=2, default=0, metavar="N",
+    add_option(debug, "--fast_dev_run", rules=TRAINING.but(sweep=False), type=non_negative_int, nargs="?", const=2, default=0, metavar="N",
                        help="N batches (2 if N is left out) of train, val and test, one epoch, through every step "
                             "of a real run, in a folder named <timestamp>_fast_dev_run (0 = off)")
-    debug.add_argument("--overfit_batches", type=non_negative_int, default=0, metavar="N",
+    add_option(debug, "--overfit_batches", rules=TRAINING, type=non_negative_int, default=0, metavar="N",
                        help="train and validate on the same N training batches: the loss should fall towards "
                             "zero, the first check of a new model or loss (0 = off)")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--data_type", choices=data_types, default=data_types[0], help="dataset")
-    data.add_argument("--data_dir", type=Path, default=Path("Dataset"), help="dataset folder")
-    data.add_argument("--train_val_sample_rate", type=fraction, default=1.0,
+    add_option(data, "--data_type", rules=SPLIT, choices=data_types, default=data_types[0], help="dataset")
+    add_option(data, "--data_dir", rules=PLACE, type=Path, default=Path("Dataset"), help="dataset folder")
+    add_option(data, "--train_val_sample_rate", rules=SPLIT, type=fraction, default=1.0,
                       help="seeded fraction of the train+val pool to use, for quick runs")
-    data.add_argument("--test_sample_rate", type=fraction, default=1.0,
+    add_option(data, "--test_sample_rate", rules=SPLIT, type=fraction, default=1.0,
                       help="seeded fraction of the test set to use, for quick runs")
-    data.add_argument("--val_ratio", type=ratio, default=0.1, help="fraction of the pool held out for validation")
-    data.add_argument("--batch_size", type=positive_int, default=64, help="samples per batch (per process)")
-    data.add_argument("--eval_batch_size", type=positive_int, default=None,
+    add_option(data, "--val_ratio", rules=SPLIT, type=ratio, default=0.1, help="fraction of the pool held out for validation")
+    add_option(data, "--batch_size", rules=SHARED, type=positive_int, default=64, help="samples per batch (per process)")
+    add_option(data, "--eval_batch_size", rules=SHARED, type=positive_int, default=None,
                       help="batch size for validation and test (default: --batch_size)")
-    data.add_argument("--num_workers", type=non_negative_int, default=0,
+    add_option(data, "--num_workers", rules=PLACE, type=non_negative_int, default=0,
                       help="DataLoader workers for datasets read from files (in-memory data needs none)")
-    add_flag(data, "--pin_memory", default=True, help="pinned host memory for faster copies to the GPU")
+    add_flag(data, "--pin_memory", PLACE, default=True, help="pinned host memory for faster copies to the GPU")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model_type", choices=model_types, default=model_types[0], help="network")
-    model.add_argument("--model_path", type=Path, default=None, help="checkpoint with initial weights (with --pretrained)")
-    add_flag(model, "--pretrained", help="start from the weights in --model_path")
-    add_flag(model, "--partial_load", help="load only the weights that fit, logging what was skipped")
+    add_option(model, "--model_type", rules=TRAINING, choices=model_types, default=model_types[0], help="network")
+    add_option(model, "--model_path", rules=PLACE.but(sweep=False), type=Path, default=None, help="checkpoint with initial weights (with --pretrained)")
+    add_flag(model, "--pretrained", TRAINING_RESUMABLE, help="start from the weights in --model_path")
+    add_flag(model, "--partial_load", TRAINING_RESUMABLE, help="load only the weights that fit, logging what was skipped")
 
     optim = parser.add_argument_group("optimization")
-    optim.add_argument("--n_epoch", type=positive_int, default=10, help="number of epochs")
-    optim.add_argument("--optim", choices=OPTIMIZERS, default="adam", help="optimizer")
-    optim.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate")
-    optim.add_argument("--weight_decay", type=non_negative_float, default=0.0, help="weight decay")
-    optim.add_argument("--momentum", type=non_negative_float, default=0.9, help="momentum (sgd)")
-    optim.add_argument("--lr_scheduler", choices=SCHEDULERS, default="none",
+    add_option(optim, "--n_epoch", rules=TRAINING_RESUMABLE, type=positive_int, default=10, help="number of epochs")
+    add_option(optim, "--optim", rules=TRAINING, choices=OPTIMIZERS, default="adam", help="optimizer")
+    add_option(optim, "--lr", rules=TRAINING, type=positive_float, default=1e-3, help="learning rate")
+    add_option(optim, "--weight_decay", rules=TRAINING, type=non_negative_float, default=0.0, help="weight decay")
+    add_option(optim, "--momentum", rules=TRAINING, type=non_negative_float, default=0.9, help="momentum (sgd)")
+    add_option(optim, "--lr_scheduler", rules=TRAINING, choices=SCHEDULERS, default="none",
                        help="lr schedule; plateau decays on the --monitor metric, per epoch")
-    optim.add_argument("--lr_interval", choices=("step", "epoch"), default=None,
+    add_option(optim, "--lr_interval", rules=TRAINING, choices=("step", "epoch"), default=None,
                        help="advance the schedule every optimizer step or every epoch "
                             "(default: step for cosine, linear and onecycle, epoch for the others)")
-    optim.add_argument("--min_lr", type=non_negative_float, default=0.0,
+    add_option(optim, "--min_lr", rules=TRAINING, type=non_negative_float, default=0.0,
                        help="the lr cosine, linear and onecycle end at")
-    optim.add_argument("--warmup_epoch", type=non_negative_int, default=0, help="epochs of linear lr warm-up")
-    optim.add_argument("--warmup_steps", type=non_negative_int, default=0,
+    add_option(optim, "--warmup_epoch", rules=TRAINING, type=non_negative_int, default=0, help="epochs of linear lr warm-up")
+    add_option(optim, "--warmup_steps", rules=TRAINING, type=non_negative_int, default=0,
                        help="optimizer steps of linear lr warm-up (with --lr_interval step; instead of --warmup_epoch)")
-    optim.add_argument("--lr_decay_epochs", type=positive_int, nargs="+", default=[30],
+    add_option(optim, "--lr_decay_epochs", rules=TRAINING, type=positive_int, nargs="+", default=[30],
                        help="step: decay every N epochs (first value); multistep: the milestones")
-    optim.add_argument("--lr_decay_rate", type=positive_float, default=0.1, help="lr multiplier at each decay")
-    optim.add_argument("--plateau_patience", type=non_negative_int, default=5,
+    add_option(optim, "--lr_decay_rate", rules=TRAINING, type=positive_float, default=0.1, help="lr multiplier at each decay")
+    add_option(optim, "--plateau_patience", rules=TRAINING, type=non_negative_int, default=5,
                        help="plateau: epochs without improvement before the lr decays")
-    optim.add_argument("--clip", type=non_negative_float, default=0.0, help="gradient clipping threshold (0 = off)")
-    optim.add_argument("--clip_mode", choices=("norm", "value"), default="norm",
+    add_option(optim, "--clip", rules=TRAINING, type=non_negative_float, default=0.0, help="gradient clipping threshold (0 = off)")
+    add_option(optim, "--clip_mode", rules=TRAINING, choices=("norm", "value"), default="norm",
                        help="clip the global gradient norm, or each gradient value")
-    optim.add_argument("--accum_steps", type=positive_int, default=1,
+    add_option(optim, "--accum_steps", rules=TRAINING, type=positive_int, default=1,
                        help="micro-batches per optimizer step; the loss is scaled so K batches of B equal one of K*B")
-    add_flag(optim, "--skip_nonfinite", help="skip batches whose loss is NaN/inf (counted) instead of stopping")
-    optim.add_argument("--ema_decay", type=ratio, default=0.0,
+    add_flag(optim, "--skip_nonfinite", TRAINING, help="skip batches whose loss is NaN/inf (counted) instead of stopping")
+    add_option(optim, "--ema_decay", rules=TRAINING, type=ratio, default=0.0,
                        help="average of the weights, updated every optimizer step, validated as val_ema/* "
                             "(0 = off; typical 0.999 to 0.9999)")
-    add_flag(optim, "--ema_warmup", default=True,
+    add_flag(optim, "--ema_warmup", TRAINING, default=True,
              help="with --ema_decay: decay min(D, (1+t)/(10+t)) at update t, so early averages forget the initialisation")
 
     finder = parser.add_argument_group("learning-rate range test")
-    add_flag(finder, "--lr_find", help="before training, the lr range test: lr_find.png and .csv in the run folder, "
+    add_flag(finder, "--lr_find", TRAINING_RESUMABLE.but(sweep=False), help="before training, the lr range test: lr_find.png and .csv in the run folder, "
                                        "the suggested lr in the log; no training unless --lr_find_apply")
-    add_flag(finder, "--lr_find_apply", help="with --lr_find: train with the suggested lr (kept as --lr in config.json)")
-    finder.add_argument("--lr_find_min", type=positive_float, default=1e-7, help="the test's first lr")
-    finder.add_argument("--lr_find_max", type=positive_float, default=10.0, help="the test's last lr")
-    finder.add_argument("--lr_find_steps", type=positive_int, default=200, help="optimizer steps of the test")
+    add_flag(finder, "--lr_find_apply", TRAINING_RESUMABLE, help="with --lr_find: train with the suggested lr (kept as --lr in config.json)")
+    add_option(finder, "--lr_find_min", rules=TRAINING_RESUMABLE, type=positive_float, default=1e-7, help="the test's first lr")
+    add_option(finder, "--lr_find_max", rules=TRAINING_RESUMABLE, type=positive_float, default=10.0, help="the test's last lr")
+    add_option(finder, "--lr_find_steps", rules=TRAINING_RESUMABLE, type=positive_int, default=200, help="optimizer steps of the test")
 
     select = parser.add_argument_group("checkpoints and early stopping")
-    select.add_argument("--monitor", default="val/loss",
+    add_option(select, "--monitor", rules=TRAINING.but(sweep=False), default="val/loss",
                         help="metric for the best checkpoint AND early stopping, as <phase>/<metric>")
-    select.add_argument("--monitor_mode", choices=("min", "max"), default="min", help="whether lower or higher is better")
-    select.add_argument("--early_stop_patience", type=non_negative_int, default=0,
+    add_option(select, "--monitor_mode", rules=TRAINING.but(sweep=False), choices=("min", "max"), default="min", help="whether lower or higher is better")
+    add_option(select, "--early_stop_patience", rules=TRAINING, type=non_negative_int, default=0,
                         help="stop after N epochs without improvement (0 = off)")
-    select.add_argument("--early_stop_delta", type=non_negative_float, default=0.0,
+    add_option(select, "--early_stop_delta", rules=TRAINING, type=non_negative_float, default=0.0,
                         help="smallest change that counts as an improvement")
-    select.add_argument("--save_top_k", type=non_negative_int, default=0,
+    add_option(select, "--save_top_k", rules=TRAINING, type=non_negative_int, default=0,
                         help="also keep the K best epochs' checkpoints by --monitor, as "
                              "<model_type>_epoch<N>_<metric><value>.pth (0 = off)")
-    select.add_argument("--save_every_n_steps", type=non_negative_int, default=0,
+    add_option(select, "--save_every_n_steps", rules=TRAINING_RESUMABLE, type=non_negative_int, default=0,
                         help="also save the full state every N optimizer steps, for mid-epoch resume (0 = off)")
-    select.add_argument("--resume", type=Path, default=None,
+    add_option(select, "--resume", rules=TRAINING_RESUMABLE.but(sweep=False, in_files=False), type=Path, default=None,
                         help="checkpoint or run folder to continue, in the same folder")
 
     scale = parser.add_argument_group("devices and speed")
-    scale.add_argument("--gpu_devices", nargs="+", default=None,
+    add_option(scale, "--gpu_devices", rules=PLACE, nargs="+", default=None,
                        help="GPU ids to use, or 'cpu' (default: first GPU if there is one, else CPU)")
-    add_flag(scale, "--parallel", help="DataParallel over --gpu_devices (legacy; prefer torchrun for DDP)")
-    add_flag(scale, "--sync_bn", help="synchronise BatchNorm statistics across DDP processes")
-    add_flag(scale, "--amp", help="automatic mixed precision")
-    scale.add_argument("--amp_dtype", choices=("bf16", "fp16"), default="bf16",
+    add_flag(scale, "--parallel", SHARED, help="DataParallel over --gpu_devices (legacy; prefer torchrun for DDP)")
+    add_flag(scale, "--sync_bn", TRAINING, help="synchronise BatchNorm statistics across DDP processes")
+    add_flag(scale, "--amp", SHARED, help="automatic mixed precision")
+    add_option(scale, "--amp_dtype", rules=SHARED, choices=("bf16", "fp16"), default="bf16",
                        help="autocast dtype; fp16 adds a checkpointed GradScaler")
-    add_flag(scale, "--compile", help="torch.compile the model")
-    scale.add_argument("--compile_backend", default="inductor",
+    add_flag(scale, "--compile", PLACE, help="torch.compile the model")
+    add_option(scale, "--compile_backend", rules=PLACE, default="inductor",
                        help="torch.compile backend (inductor needs a C++ compiler on the CPU; eager for debugging)")
-    add_flag(scale, "--channels_last", help="channels_last memory layout (conv nets)")
+    add_flag(scale, "--channels_last", SHARED, help="channels_last memory layout (conv nets)")
 
 
 def check_schedule(args):
@@ -179,6 +168,46 @@ def check_schedule(args):
     if args.min_lr >= args.lr and args.lr_scheduler in ("cosine", "linear", "onecycle"):
         raise UserError(f"--min_lr {args.min_lr} is not below --lr {args.lr}: the {args.lr_scheduler} schedule "
                         "would not decay")
+
+
+def parse_training_options(parser, argv, task):
+    """`argv` parsed for training: a --config file's values as defaults, and with --resume the
+    checkpoint's options for those not given (refusing a change a resume cannot make). Returns (the
+    options, the checkpoint to resume or None); `task` is the task's name, which the checkpoint must name."""
+    from cli.config_file import config_file_in, read_config_file
+    from state.checkpoint import find_checkpoint, read_checkpoint
+    argv = [str(arg) for arg in argv]
+    config = config_file_in(argv)
+    if config is not None:  # the file's values become defaults: flags given here override them
+        parser.set_defaults(**read_config_file(config, parser))
+    args = parser.parse_args(argv)
+    if args.fast_dev_run:  # one short epoch, every step logged
+        args.n_epoch, args.log_every_n_steps = 1, 1
+    check_installed(args.logger)
+    if "mlflow" in args.logger and args.mlflow_uri is None:  # the store this run and its resumes use
+        args.mlflow_uri = mlflow_uri(os.environ.get("MLFLOW_TRACKING_URI") or "mlruns")
+    if args.resume is None:
+        return args, None
+    if config is not None:
+        raise UserError(f"--config {config} with --resume: a resumed run keeps its checkpoint's options; "
+                        "give only the flags a resume may change")
+    path = find_checkpoint(args.resume)
+    checkpoint = read_checkpoint(path, task)
+    saved = checkpoint["config"]
+    args = merge_options(parser, argv, args, saved, resume_safe_options(parser, saved))
+    if "lr_interval" not in saved:  # written before per-step schedules: its schedule stepped per epoch
+        args.lr_interval = "epoch"
+    args.resume = path
+    return args, checkpoint
+
+
+def check_monitor(args, metric_names):
+    """--monitor names a phase and one of the task's `metric_names`."""
+    phase, _, name = args.monitor.partition("/")
+    phases = ("val", "train", "val_ema") if args.ema_decay else ("val", "train")
+    if phase not in phases or name not in metric_names:
+        choices = ", ".join(f"{p}/{n}" for p in phases for n in metric_names)
+        raise UserError(f"--monitor {args.monitor} is not a metric of this task; expected one of {choices}")
 
 
 def json_value(value):
@@ -211,9 +240,9 @@ def merge_options(parser, argv, args, saved, safe=None):
     return argparse.Namespace(**merged)
 
 
-def resume_safe_options(saved, task_options=()):
+def resume_safe_options(parser, saved):
     """The options a run resumed from a checkpoint with the `saved` options may change."""
-    safe = set(RESUME_SAFE_OPTIONS) | set(task_options)
+    safe = options_where(parser, lambda rules: rules.resume)
     if saved.get("lr_scheduler") in SCHEDULES_OVER_N_EPOCH:
         safe.discard("n_epoch")  # the schedule is laid out over n_epoch: changing it changes every later lr
     return safe

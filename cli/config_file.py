@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 from utils.errors import UserError
-from cli.options import parse_bool
+from cli.options import options_where, parse_bool
 
 SUFFIXES = (".json", ".yaml", ".yml")
-NOT_IN_FILES = ("config", "print_config", "resume")  # about the file itself, or the command line's alone
 
 
 def config_file_in(argv):
@@ -31,8 +30,9 @@ def read_config_file(path, parser):
     """The options in `path` as {dest: value}, each checked by the parser's own type and choices."""
     path = Path(path)
     data = _load(path)
+    not_in_files = options_where(parser, lambda rules: not rules.in_files)
     if isinstance(data.get("options"), dict) and "environment" in data:  # a run's config.json
-        data = {name: value for name, value in data["options"].items() if name not in NOT_IN_FILES}
+        data = {name: value for name, value in data["options"].items() if name not in not_in_files}
     actions = {action.dest: action for action in parser._actions if action.option_strings and action.dest != "help"}
     values = {}
     for name, value in data.items():
@@ -40,8 +40,8 @@ def read_config_file(path, parser):
         if name == "resume":
             raise UserError(f"--config {path}: resume is not an option for a config file; give --resume on the "
                             "command line (a resumed run keeps its checkpoint's options)")
-        if action is None or name in NOT_IN_FILES:
-            known = [dest for dest in actions if dest not in NOT_IN_FILES]
+        if action is None or name in not_in_files:
+            known = [dest for dest in actions if dest not in not_in_files]
             close = difflib.get_close_matches(str(name), known, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise UserError(f"--config {path}: unknown option {name!r}{hint}; a config file holds option names "
@@ -50,9 +50,10 @@ def read_config_file(path, parser):
     return values
 
 
-def format_options(options, form="yaml"):
-    """`options` (a dict of JSON values) as the text of a config file."""
-    options = {name: value for name, value in options.items() if name not in NOT_IN_FILES}
+def format_options(options, parser, form="yaml"):
+    """`options` (a dict of JSON values) of `parser` as the text of a config file."""
+    not_in_files = options_where(parser, lambda rules: not rules.in_files)
+    options = {name: value for name, value in options.items() if name not in not_in_files}
     if form == "json":
         return json.dumps(options, indent=2) + "\n"
     import yaml

@@ -1,7 +1,56 @@
-"""Argument parsing helpers: real booleans, validated numbers, one-line errors, explicit options."""
+"""The command line's building blocks: a parser with one-line errors, options declared with their
+rules, real booleans, validated numbers, and which options a command line gives explicitly.
+
+Every option is declared once, with its `Rules` (`add_option`, `add_flag`): whether a resume may
+change it, whether only training uses it, whether it defines the split, whether a sweep may vary it
+and whether a config file may set it. Every list the code needs is derived from those declarations
+(`options_where`), so an option cannot be missing from one of them.
+"""
 import argparse
+import dataclasses
 import difflib
 import sys
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """What may be done with an option."""
+
+    resume: bool = False  # a resumed run may change it: it does not change what the run computes
+    training: bool = False  # only training uses it: the evaluator takes the checkpoint's value and refuses it
+    split: bool = False  # it defines the split: the evaluator reads the run's split.json and refuses it
+    sweep: bool = True  # sweep.py may vary it
+    in_files: bool = True  # a config file may set it
+
+    def but(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+TRAINING = Rules(training=True)  # what training computes (model, optimizer, schedule): fixed for a run
+TRAINING_RESUMABLE = Rules(training=True, resume=True)  # training's bookkeeping (logging, saving, epochs)
+SPLIT = Rules(split=True)  # which samples train, validate and test
+PLACE = Rules(resume=True)  # where data lives and how fast it runs: any run or evaluation may change it
+SHARED = Rules()  # what training and evaluation both compute with (batch size, precision): fixed for a run
+EVALUATION = Rules(sweep=False)  # the evaluator's own
+
+
+def add_option(group, *names, rules, **kwargs):
+    """`group.add_argument(*names, **kwargs)` for an option with its `rules`."""
+    action = group.add_argument(*names, **kwargs)
+    action.rules = rules
+    return action
+
+
+def options_where(parser, rule):
+    """The names (dests) of the parser's options whose rules satisfy `rule(rules)`."""
+    return {action.dest for action in parser._actions if hasattr(action, "rules") and rule(action.rules)}
+
+
+def undeclared_options(parser):
+    """Options without rules, and defaults set for options that do not exist: both are mistakes."""
+    declared = {action.dest for action in parser._actions}
+    return sorted({action.dest for action in parser._actions
+                   if action.dest != "help" and not hasattr(action, "rules")} | set(parser._defaults) - declared)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -55,10 +104,10 @@ def parse_bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def add_flag(group, name, default=False, help=""):
+def add_flag(group, name, rules, default=False, help=""):
     """`--name` alone turns it on; `--name true|false` (any case, also 1/0, yes/no) sets it."""
-    group.add_argument(name, nargs="?", const=True, default=default, type=parse_bool,
-                       metavar="BOOL", help=help)
+    return add_option(group, name, rules=rules, nargs="?", const=True, default=default, type=parse_bool,
+                      metavar="BOOL", help=help)
 
 
 def _number(kind, text, check, expected):

@@ -1,15 +1,33 @@
-"""The checkpoint: safe loading, and the model weights in it.
+"""The checkpoint, and the one owner of its format: its version and keys, building it from the
+training state, loading and checking it, upgrading an older version, choosing the raw or the
+averaged weights in it, and repairing a `best` whose write was cut short.
 
 A checkpoint is a dict of tensors and plain Python values, so `torch.load(path, weights_only=True)`
-loads it and loading can never run code; it is written atomically (utils/atomic.py).
+loads it and loading can never run code; it is written atomically (utils/atomic.py, RunFolder).
+
+    format, task, model_type, config, world_size   what wrote it: this file's version, the task's name,
+                                                   the options, the number of processes
+    model, ema                                     the weights (without wrapper prefixes), their average
+    optimizer, scheduler, scaler                   training/optimization.py
+    epoch, batches_done, global_step, skipped_steps, nonfinite_batches, history, monitor, stopped_by,
+    best_metric, best_epoch                        state/progress.py
+    callbacks                                      {name: state} of the callbacks with state
+    rng, epoch_sums                                each process's random state and partial epoch sums
 """
 import pickle
 from pathlib import Path
 
 import torch
 
+from utils.atomic import save_atomic
 from utils.errors import UserError
 
+FORMAT = "torch-template/3"
+KEYS = frozenset({
+    "format", "task", "model_type", "config", "world_size", "model", "ema", "optimizer", "scheduler", "scaler",
+    "epoch", "batches_done", "global_step", "skipped_steps", "nonfinite_batches", "history", "monitor", "stopped_by",
+    "best_metric", "best_epoch", "callbacks", "rng", "epoch_sums",
+})
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel / DDP and by torch.compile
 # The first bytes of what torch.save writes: a zip archive, or (its legacy format) a pickle of protocol 2+.
 TORCH_SAVE_MAGICS = (b"PK\x03\x04", b"\x80")
@@ -120,3 +138,127 @@ def load_weights(model, state_dict, source, partial=False, log=None):
         if log:
             log(f"partial load from {source}, skipped {'; '.join(problems)}")
     model.load_state_dict(state_dict, strict=not problems)
+
+
+# ---------------------------------------------------------------------- the training state
+def make_checkpoint(task, config, world_size, model, ema, optimization, progress, callbacks, ranks):
+    """The checkpoint of a training state: `optimization` and `progress` are those parts' state dicts,
+    `callbacks` {name: state}, `ranks` each process's {"rng", "sums"}."""
+    checkpoint = {"format": FORMAT, "task": task, "model_type": config["model_type"], "config": config,
+                  "world_size": world_size, "model": model, "ema": ema, **optimization, **progress,
+                  "callbacks": callbacks, "rng": [rank["rng"] for rank in ranks],
+                  "epoch_sums": [rank["sums"] for rank in ranks]}
+    assert set(checkpoint) == KEYS, f"the checkpoint's keys changed: {sorted(set(checkpoint) ^ KEYS)}"
+    return checkpoint
+
+
+def read_checkpoint(path, task):
+    """The training checkpoint at `path` (a file, or a run folder's `last`), in this version's format,
+    refused unless this toolkit's `task` wrote it."""
+    return check_checkpoint(upgrade(load_checkpoint(path)), path, task)
+
+
+def check_checkpoint(checkpoint, path, task):
+    """`checkpoint` as loaded from `path`, refused unless this toolkit's `task` wrote it."""
+    if "config" not in checkpoint or not str(checkpoint.get("format", "")).startswith("torch-template/"):
+        raise UserError(f"{path} is not a training checkpoint of this toolkit (no '{FORMAT}' state)")
+    if checkpoint["format"] != FORMAT:
+        raise UserError(f"{path} has the checkpoint format {checkpoint['format']} of another version of this "
+                        f"toolkit; this version reads {FORMAT} and torch-template/2")
+    if checkpoint.get("task") != task:
+        raise UserError(f"{path} was written by the {checkpoint.get('task')} task (model "
+                        f"{checkpoint['config'].get('model_type')}), not by the {task} task")
+    unknown = set(checkpoint) - KEYS
+    if unknown:
+        raise UserError(f"{path} holds entries this version does not restore: {', '.join(sorted(unknown))}")
+    return checkpoint
+
+
+def upgrade(checkpoint):
+    """A checkpoint of format torch-template/2 in this format: the task named without its trainer's
+    "Trainer", the early stopper as the monitor and the reason training stopped, and the top-k list
+    and the trackers' state as the states of their callbacks."""
+    if checkpoint.get("format") != "torch-template/2":
+        return checkpoint
+    old = dict(checkpoint)
+    stopper, pruned, top_k = old.pop("early_stopper"), old.pop("pruned", False), old.pop("top_k", [])
+    callbacks = {"trackers": {"logged_scalars": old.pop("logged_scalars", None),
+                              "tracker_commit": old.pop("tracker_commit", []), "tracker_runs": old.pop("tracker_runs", {})}}
+    if old["config"].get("save_top_k"):
+        callbacks["top_k"] = {"kept": top_k}
+    early_stopped = stopper["patience"] > 0 and stopper["bad_epochs"] >= stopper["patience"]
+    return {**old, "format": FORMAT, "task": str(old.get("task", "")).removesuffix("Trainer"),
+            "monitor": {name: stopper[name] for name in ("mode", "delta", "best", "best_epoch", "bad_epochs")},
+            "stopped_by": "pruned" if pruned else "early_stopped" if early_stopped else None, "callbacks": callbacks}
+
+
+def initial_weights(args, log):
+    """The weights of --model_path for a new run with --pretrained, as (state dict, path)."""
+    if not (args.pretrained or args.model_path is not None):
+        return None, None
+    if not (args.pretrained and args.model_path is not None):
+        raise UserError("initial weights need both --model_path PATH and --pretrained (to continue a run, use --resume)")
+    log.info(f"initial weights from {args.model_path}")
+    return weights_of(load_checkpoint(args.model_path)), args.model_path
+
+
+def find_checkpoint(path, kind="last"):
+    """A checkpoint file, or the `kind` checkpoint (else the newest one) of a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob(f"*_{kind}_ckpt.pth"), key=lambda p: p.stat().st_mtime) or \
+            sorted(path.glob("*_ckpt.pth"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise UserError(f"run folder {path} holds no *_ckpt.pth checkpoint")
+        return found[-1]
+    if not path.exists():
+        raise UserError(f"{path} does not exist (expected a checkpoint file or a run folder)")
+    return path
+
+
+def progress_of(checkpoint, device="cpu"):
+    """The TrainingProgress a checkpoint holds (with rank 0's partial epoch sums)."""
+    from state.progress import TrainingProgress
+    progress = TrainingProgress(checkpoint["monitor"]["mode"], checkpoint["monitor"]["delta"])
+    progress.load_state_dict(checkpoint, checkpoint["epoch_sums"][0], device)
+    return progress
+
+
+def check_resumable(run, checkpoint, args, world_size):
+    """Refuse a resume that cannot continue the run exactly, or that has nothing left to do."""
+    from state.status import Status
+    from training.schedules import SCHEDULES_OVER_N_EPOCH
+    saved_world = checkpoint["world_size"]
+    if saved_world != world_size:
+        launch = f"torchrun --nproc_per_node {saved_world}" if saved_world > 1 else "python (one process)"
+        raise UserError(f"--resume {args.resume} was written by {saved_world} processes and this run has "
+                        f"{world_size}; each process draws its own batches, so resume with {launch}")
+    done = progress_of(checkpoint)
+    metrics = run.read_json("metrics.json") or {}
+    if done.stopped_by == Status.PRUNED and metrics.get("status") == Status.PRUNED:
+        raise UserError(f"run {run.path} was pruned by its sweep after epoch {done.epoch}; a sweep trial does not "
+                        "train further")
+    if not done.is_finished(args.n_epoch) or "test" not in metrics:
+        return
+    early = done.stopped_by == Status.EARLY_STOPPED
+    if early or args.lr_scheduler in SCHEDULES_OVER_N_EPOCH:
+        how = f"start a new run from its weights: --pretrained --model_path {run.checkpoint_path('best')}"
+    else:
+        how = f"resume with --n_epoch larger than {done.epoch}"
+    why = f"stopped early at epoch {done.epoch}" if early else f"trained {done.epoch} epochs"
+    raise UserError(f"run {run.path} is finished ({why}, and tested); to train further, {how}")
+
+
+def repair_best(run, log):
+    """Rewrite the run's `best` from `last` where a write of `best` was cut short after `last`'s."""
+    last_path, best_path = run.checkpoint_path("last"), run.checkpoint_path("best")
+    if not run.writes or not last_path.is_file():
+        return
+    last = load_checkpoint(last_path)
+    if last["best_epoch"] is None or last["best_epoch"] != last["epoch"] or last["batches_done"]:
+        return  # `best` was written before training went on past `last`'s best epoch
+    if best_path.is_file() and load_checkpoint(best_path)["epoch"] == last["best_epoch"]:
+        return
+    save_atomic(last_path.read_bytes(), best_path)
+    log.warning(f"{best_path.name} was older than epoch {last['best_epoch']}, the best epoch "
+                f"{last_path.name} records (an interrupted write); rewrote it from {last_path.name}")

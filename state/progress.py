@@ -1,9 +1,10 @@
-"""Where a training run stands: the counters, the history, the partial epoch and the early stopper.
+"""Where a training run stands: the counters, the history, the partial epoch, the monitored metric
+and, when a callback ended training early, why.
 
 One object, created with the trainer, saved and restored through one `state_dict`, so that no
 part of the progress can be restored without the rest.
 """
-from state.early_stopping import EarlyStopper
+from state.monitor import Monitor
 from state.metric_sums import MetricSums
 
 
@@ -15,8 +16,8 @@ class TrainingProgress:
     this process's statistics of those batches; under DDP each process has its own.
     """
 
-    def __init__(self, monitor_mode="min", patience=0, delta=0.0):
-        self.stopper = EarlyStopper(monitor_mode, patience, delta)
+    def __init__(self, monitor_mode="min", delta=0.0):
+        self.monitor = Monitor(monitor_mode, delta)
         self.epoch = 0
         self.batches_done = 0
         self.global_step = 0  # optimizer steps
@@ -24,11 +25,14 @@ class TrainingProgress:
         self.nonfinite_batches = 0  # batches skipped with --skip_nonfinite
         self.history = []  # one record per completed epoch
         self.epoch_sums = MetricSums()
-        self.top_k = []  # with --save_top_k: {"epoch", "value", "file"} of the kept checkpoints, best first
-        self.pruned = False  # a trial of a sweep that the sweep stopped after this epoch
+        self.stopped_by = None  # the status a callback ended training with (early_stopped, pruned), else None
 
     def is_finished(self, n_epoch):
-        return self.epoch >= n_epoch or self.stopper.should_stop or self.pruned
+        return self.epoch >= n_epoch or self.stopped_by is not None
+
+    def stop(self, status):
+        """End training after this epoch; `status` (a Status) says why, in metrics.json."""
+        self.stopped_by = status
 
     def step_done(self, batches_done, group_stats):
         """An optimizer step finished after `batches_done` micro-batches of the epoch."""
@@ -39,25 +43,12 @@ class TrainingProgress:
 
     def end_epoch(self, record, monitor):
         """Close the epoch with its `record` of metrics; return True when `record[monitor]` is a new best."""
-        improved = self.stopper.step(record[monitor], self.epoch + 1)
+        improved = self.monitor.step(record[monitor], self.epoch + 1)
         self.history.append(record)
         self.epoch += 1
         self.batches_done = 0
         self.epoch_sums = MetricSums()
         return improved
-
-    def rank_top_k(self, value, k, name, mode):
-        """Enter the epoch just ended (monitor `value`, checkpoint file `name`) into the k best.
-        Returns (whether it is kept, the files that drop out). Ties keep the earlier epoch; NaN ranks last."""
-        entry = {"epoch": self.epoch, "value": value, "file": name}
-
-        def rank(item):
-            number = item["value"]
-            worst = number != number
-            return worst, (-number if mode == "max" else number) if not worst else 0.0, item["epoch"]
-        ranked = sorted([*self.top_k, entry], key=rank)
-        self.top_k = ranked[:k]
-        return entry in self.top_k, [item["file"] for item in ranked[k:]]
 
     @property
     def position(self):
@@ -66,8 +57,8 @@ class TrainingProgress:
 
     def summary(self, monitor, monitor_mode, status, test=None, tested=None):
         """metrics.json: the history, the best epoch, the status and (at the end) the test metrics."""
-        summary = {"monitor": monitor, "monitor_mode": monitor_mode, "best_epoch": self.stopper.best_epoch,
-                   "best_value": self.stopper.best, "status": status, "epochs_done": self.epoch,
+        summary = {"monitor": monitor, "monitor_mode": monitor_mode, "best_epoch": self.monitor.best_epoch,
+                   "best_value": self.monitor.best, "status": status, "epochs_done": self.epoch,
                    "global_step": self.global_step, "skipped_steps": self.skipped_steps,
                    "nonfinite_batches": self.nonfinite_batches, "history": self.history}
         if test is not None:
@@ -79,8 +70,8 @@ class TrainingProgress:
         """The shared progress; `epoch_sums` are per process and saved by the caller."""
         return {"epoch": self.epoch, "batches_done": self.batches_done, "global_step": self.global_step,
                 "skipped_steps": self.skipped_steps, "nonfinite_batches": self.nonfinite_batches,
-                "history": list(self.history), "early_stopper": self.stopper.state_dict(), "top_k": list(self.top_k),
-                "best_metric": self.stopper.best, "best_epoch": self.stopper.best_epoch, "pruned": self.pruned}
+                "history": list(self.history), "monitor": self.monitor.state_dict(), "stopped_by": self.stopped_by,
+                "best_metric": self.monitor.best, "best_epoch": self.monitor.best_epoch}
 
     def load_state_dict(self, state, epoch_sums, device):
         self.epoch = state["epoch"]
@@ -89,8 +80,7 @@ class TrainingProgress:
         self.skipped_steps = state["skipped_steps"]
         self.nonfinite_batches = state["nonfinite_batches"]
         self.history = list(state["history"])
-        self.top_k = list(state.get("top_k", []))
-        self.pruned = bool(state.get("pruned", False))
-        self.stopper.load_state_dict(state["early_stopper"])
+        self.stopped_by = state["stopped_by"]
+        self.monitor.load_state_dict(state["monitor"])
         self.epoch_sums = MetricSums()
         self.epoch_sums.load_state_dict(epoch_sums, device)

@@ -11,7 +11,7 @@ with the permissions of the user's umask.
 `last` and `best` never disagree: `last` is the training state; when an epoch improves the
 monitored metric, `best` is written after it with the same bytes. A kill or a full disk between
 the two leaves a `last` that names its own epoch as the best one and an older `best`, which
-`repair_best` rewrites from `last` before anything reads it.
+`repair_best` (state/checkpoint.py) rewrites from `last` before anything reads it.
 """
 import io
 import json
@@ -27,13 +27,10 @@ from pathlib import Path
 import torch
 
 from utils import distributed
-from state.checkpoint import load_checkpoint
 from utils.atomic import save_atomic, write_json_atomic
 from utils.errors import UserError
 from utils.timestamp import make_run_dir
 from tracking.trackers import Writer, open_trackers
-
-CHECKPOINT_FORMAT = "torch-template/2"
 
 
 class RunFolder:
@@ -116,14 +113,15 @@ class RunFolder:
             log.warning(f"model graph not written to TensorBoard ({type(error).__name__}: {first}); "
                         "--log_graph false leaves it out")
 
-    def open_writer(self, purge_step=None, loggers=("tensorboard",), options=None, checkpoint=None):
+    def open_writer(self, purge_step=None, loggers=("tensorboard",), options=None, saved=None):
         """The writer (main process only) to TensorBoard and the trackers in `loggers` (tracking/trackers.py),
         for a run with `options` (JSON values). On resume, TensorBoard drops the events past the
         checkpoint's step, written by the interrupted process after it saved (`purge_step` is the first
-        step to drop), and the trackers continue from what the `checkpoint` had committed."""
+        step to drop), and the trackers continue from what they had committed (`saved`, the writer's
+        `state` in that checkpoint)."""
         if self.writes:
             trackers, committed = open_trackers([name for name in loggers if name != "tensorboard"], self.path,
-                                                options or {}, checkpoint)
+                                                options or {}, saved)
             tensorboard = None
             if "tensorboard" in loggers:
                 from torch.utils.tensorboard import SummaryWriter  # heavy import, only when a run starts
@@ -163,9 +161,8 @@ class RunFolder:
             self.writer = None
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, state, best=False, also=None):
-        """Write `last`, then (for a new best) `best`, then the file named `also` (a top-k
-        checkpoint), all with the same bytes."""
+    def save_checkpoint(self, state, best=False):
+        """Write `last`, then (for a new best) `best`, with the same bytes."""
         if not self.writes:
             return
         buffer = io.BytesIO()
@@ -173,8 +170,11 @@ class RunFolder:
         save_atomic(buffer.getvalue(), self.checkpoint_path("last"))
         if best:
             save_atomic(buffer.getvalue(), self.checkpoint_path("best"))
-        if also:
-            save_atomic(buffer.getvalue(), self.path / also)
+
+    def copy_checkpoint(self, kind, name):
+        """A copy of the `kind` checkpoint as the file `name`, written atomically."""
+        if self.writes:
+            save_atomic(self.checkpoint_path(kind).read_bytes(), self.path / name)
 
     def top_k_name(self, epoch, monitor, value):
         """`<model_type>_epoch<N>_<metric><value>.pth` of a top-k checkpoint."""
@@ -208,73 +208,6 @@ class RunFolder:
                 log.warning(f"{entry['file']} was not written (a save cut short); rewrote it from the last checkpoint")
             restored.append(entry)
         return restored
-
-    def repair_best(self, log):
-        """Rewrite `best` from `last` where a write of `best` was cut short after `last`'s."""
-        last_path, best_path = self.checkpoint_path("last"), self.checkpoint_path("best")
-        if not self.writes or not last_path.is_file():
-            return
-        last = load_checkpoint(last_path)
-        if last["best_epoch"] is None or last["best_epoch"] != last["epoch"] or last["batches_done"]:
-            return  # `best` was written before training went on past `last`'s best epoch
-        if best_path.is_file() and load_checkpoint(best_path)["epoch"] == last["best_epoch"]:
-            return
-        save_atomic(last_path.read_bytes(), best_path)
-        log.warning(f"{best_path.name} was older than epoch {last['best_epoch']}, the best epoch "
-                    f"{last_path.name} records (an interrupted write); rewrote it from {last_path.name}")
-
-
-def find_checkpoint(path, kind="last"):
-    """A checkpoint file, or the `kind` checkpoint (else the newest one) of a run folder."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(path.glob(f"*_{kind}_ckpt.pth"), key=lambda p: p.stat().st_mtime) or \
-            sorted(path.glob("*_ckpt.pth"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise UserError(f"run folder {path} holds no *_ckpt.pth checkpoint")
-        return found[-1]
-    if not path.exists():
-        raise UserError(f"{path} does not exist (expected a checkpoint file or a run folder)")
-    return path
-
-
-def check_checkpoint(checkpoint, path, task):
-    """`checkpoint` as loaded from `path`, refused unless this toolkit's `task` wrote it."""
-    if "config" not in checkpoint or not str(checkpoint.get("format", "")).startswith("torch-template/"):
-        raise UserError(f"{path} is not a training checkpoint of this toolkit (no '{CHECKPOINT_FORMAT}' state)")
-    if checkpoint["format"] != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} has the checkpoint format {checkpoint['format']} of another version of this "
-                        f"toolkit; this version reads {CHECKPOINT_FORMAT}")
-    if checkpoint.get("task") != task:
-        raise UserError(f"{path} was written by {checkpoint.get('task')} (model {checkpoint['config'].get('model_type')}), "
-                        f"not by {task}")
-    return checkpoint
-
-
-def check_resumable(run, checkpoint, args, world_size):
-    """Refuse a resume that cannot continue the run exactly, or that has nothing left to do."""
-    from state.progress import TrainingProgress
-    from training.schedules import SCHEDULES_OVER_N_EPOCH
-    saved_world = checkpoint["world_size"]
-    if saved_world != world_size:
-        launch = f"torchrun --nproc_per_node {saved_world}" if saved_world > 1 else "python (one process)"
-        raise UserError(f"--resume {args.resume} was written by {saved_world} processes and this run has "
-                        f"{world_size}; each process draws its own batches, so resume with {launch}")
-    done = TrainingProgress(args.monitor_mode, args.early_stop_patience, args.early_stop_delta)
-    done.load_state_dict(checkpoint, checkpoint["epoch_sums"][0], "cpu")
-    metrics = run.read_json("metrics.json") or {}
-    if done.pruned and metrics.get("status") == "pruned":
-        raise UserError(f"run {run.path} was pruned by its sweep after epoch {done.epoch}; a sweep trial does not "
-                        "train further")
-    if not done.is_finished(args.n_epoch) or "test" not in metrics:
-        return
-    if done.stopper.should_stop or args.lr_scheduler in SCHEDULES_OVER_N_EPOCH:
-        how = f"start a new run from its weights: --pretrained --model_path {run.checkpoint_path('best')}"
-    else:
-        how = f"resume with --n_epoch larger than {done.epoch}"
-    why = f"stopped early at epoch {done.epoch}" if done.stopper.should_stop else f"trained {done.epoch} epochs"
-    raise UserError(f"run {run.path} is finished ({why}, and tested); to train further, {how}")
-
 
 def git_state():
     """The commit of the code that runs, and whether it has uncommitted changes."""

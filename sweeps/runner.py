@@ -15,8 +15,8 @@ from sweeps import locks
 from sweeps.link import ENVIRONMENT
 from sweeps.space import as_argument
 from sweeps.table import read_metrics
+from state.status import Status
 
-FINAL_STATUSES = ("completed", "early_stopped", "pruned")
 
 
 class Sweep:
@@ -135,7 +135,7 @@ class Sweep:
         folder = Path(frozen.user_attrs["run_folder"]) if "run_folder" in frozen.user_attrs else None
         status = read_metrics(folder).get("status")
         shown = " ".join(f"{name}={as_argument(value)}" for name, value in values.items())
-        if status in FINAL_STATUSES:  # it ended while the sweep was not there to record it
+        if status in Status.FINAL:  # it ended while the sweep was not there to record it
             return self.tell(trial, folder, 0)
         if folder is not None and any(folder.glob("*_last_ckpt.pth")):
             command, how = [self.script, "--resume", folder], f"resumed from {folder.name}"
@@ -151,7 +151,7 @@ class Sweep:
         code = self.launch(trial, [sys.executable, *map(str, command)], lock_fd, device)
         folder = self.frozen(trial).user_attrs.get("run_folder")
         folder = Path(folder) if folder else None
-        if self.stopping.is_set() and read_metrics(folder).get("status") not in FINAL_STATUSES:
+        if self.stopping.is_set() and read_metrics(folder).get("status") not in Status.FINAL:
             print(f"trial {number} stopped (it continues when the sweep is started again)", flush=True)
             return
         self.tell(trial, folder, code)
@@ -211,10 +211,10 @@ class Sweep:
         metrics = read_metrics(folder)
         status, best = metrics.get("status"), metrics.get("best_value")
         with self.lock, locks.file_lock(self.folder / "sweep.lock"):  # never between another process's read and lock
-            if status == "pruned":  # the status is written last: the run got that far, whatever its exit code
+            if status == Status.PRUNED:  # the status is written last: the run got that far, whatever its exit code
                 self.study.tell(trial.number, state=TrialState.PRUNED)
                 outcome = f"pruned after epoch {metrics.get('epochs_done')}"
-            elif status in FINAL_STATUSES and isinstance(best, (int, float)) and math.isfinite(best):
+            elif status in Status.FINAL and isinstance(best, (int, float)) and math.isfinite(best):
                 self.study.tell(trial.number, best)
                 outcome = f"complete: best {metrics.get('monitor')} {best:.6g}"
             else:

@@ -8,9 +8,6 @@ from pathlib import Path
 from sweeps.space import as_argument
 from utils.errors import UserError
 
-NOT_SWEPT = ("resume", "config", "print_config", "output_dir", "proj_name", "monitor", "monitor_mode", "model_path",
-             "fast_dev_run", "lr_find")
-
 
 def load_trainer(script):
     """The TrainerBase subclass that the task `script` defines."""
@@ -55,7 +52,7 @@ def check_space(params, parser, argv):
             close = difflib.get_close_matches(name, list(actions), n=3, cutoff=0.7)
             raise UserError(f"--space {name}: not an option of the task script"
                             + (f"; did you mean {' or '.join(close)}?" if close else ""))
-        if name in NOT_SWEPT or actions[name].nargs not in (None, "?"):
+        if not actions[name].rules.sweep or actions[name].nargs not in (None, "?"):
             raise UserError(f"--space {name}: this option cannot be swept (it is fixed for a sweep, or takes a list)")
         if name in given:
             raise UserError(f"--space {name} and --{name} after --: an option is either swept or fixed")

@@ -56,6 +56,19 @@ def train_seg(data_dir, output_dir, *extra):
     return run_dirs(output_dir)[-1]
 
 
+def forwarding(hook, base=None):
+    """A vanilla trainer whose task's `forward_batch(model, batch)` is `hook(trainer, forward, model, batch)`,
+    `forward` being the task's own: faults injected at a moment of training that only the trainer knows."""
+    from trainer_vanilla import VanillaTrainer
+
+    class Forwarding(base or VanillaTrainer):
+        def __init__(self, args, checkpoint=None):
+            super().__init__(args, checkpoint)
+            forward = self.task.forward_batch
+            self.task.forward_batch = lambda model, batch: hook(self, forward, model, batch)
+    return Forwarding
+
+
 def stopping_at(step):
     """A vanilla trainer that receives SIGINT just before optimizer step `step` completes."""
     from trainer_vanilla import VanillaTrainer
@@ -65,7 +78,6 @@ def stopping_at(step):
             if self.progress.global_step == step and not self.stop.requested:
                 self.stop.signum = signal.SIGINT
             super().after_step()
-    Stopping.__name__ = "VanillaTrainer"  # the checkpoint names the task it belongs to
     return Stopping
 
 

@@ -79,7 +79,7 @@ def test_resume_and_model_path_problems(fashion_dir, carvana_dir, tmp_path, caps
     (tmp_path / "notes.pth").write_text("epoch: 3\n")
     fails_cleanly(capsys, VanillaTrainer.main, ["--resume", tmp_path / "notes.pth"], "notes.pth", "not a readable checkpoint")
     fails_cleanly(capsys, VanillaTrainer.main, ["--resume", tmp_path], "holds no")
-    fails_cleanly(capsys, SegOnCarvanaTrainer.main, ["--resume", run], "VanillaTrainer", "not by SegOnCarvanaTrainer")
+    fails_cleanly(capsys, SegOnCarvanaTrainer.main, ["--resume", run], "the Vanilla task", "not by the SegOnCarvana task")
     fails_cleanly(capsys, VanillaTrainer.main, vanilla(fashion_dir, tmp_path / "out", "--pretrained"), "--model_path")
     fails_cleanly(capsys, VanillaTrainer.main,
                   vanilla(fashion_dir, tmp_path / "out", "--model_path", tmp_path / "nope.pth", "--pretrained"), "nope.pth")
@@ -87,7 +87,7 @@ def test_resume_and_model_path_problems(fashion_dir, carvana_dir, tmp_path, caps
     from eval_vanilla import VanillaEvaluator
     fails_cleanly(capsys, VanillaEvaluator.main, [], "--model_path is required")
     fails_cleanly(capsys, VanillaEvaluator.main, ["--model_path", tmp_path / "notes.pth"], "notes.pth")
-    fails_cleanly(capsys, SegOnCarvanaEvaluator.main, ["--model_path", run / "Vanilla_best_ckpt.pth"], "VanillaTrainer")
+    fails_cleanly(capsys, SegOnCarvanaEvaluator.main, ["--model_path", run / "Vanilla_best_ckpt.pth"], "the Vanilla task")
     after = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
     assert after == before
 

@@ -33,15 +33,15 @@ def test_full_resolution_dice_against_a_hand_computation(tmp_path):
     from data.carvana import CarvanaDataset, load_mask
     from data.loader import Subset
     from data.synthetic_carvana import write_carvana
-    from trainer_seg_on_carvana import SegOnCarvanaTrainer
+    from trainer_seg_on_carvana import SegOnCarvanaTask, SegOnCarvanaTrainer
+    from utils.logger import setup_logger
     root = write_carvana(tmp_path / "carvana", n_cars=1, views=1, size=(1280, 1918), seed=3)
     args, _ = SegOnCarvanaTrainer.parse(["--data_dir", str(root), "--img_size", "64", "137"])
-    trainer = SegOnCarvanaTrainer(args)
+    task = SegOnCarvanaTask(args, setup_logger())
     pool = CarvanaDataset(root, img_size=(64, 137), cache="none")
-    trainer.datasets = {"test": Subset(pool, [0])}
     logits = torch.full((1, 1, 64, 137), -10.0)
     logits[:, :, 16:48, :] = 10.0
-    stats = trainer.sample_stats("test", logits, torch.tensor([0]))
+    stats = task.sample_stats("test", Subset(pool, [0]), logits, torch.tensor([0]))
 
     truth = load_mask(pool.mask_paths[0]).numpy().astype(bool)
     assert truth.shape == (1280, 1918)
@@ -53,8 +53,8 @@ def test_full_resolution_dice_against_a_hand_computation(tmp_path):
     assert stats["full_images"] == 1
     assert float(stats["full_dice_sum"]) == pytest.approx(dice, abs=1e-12)
     assert float(stats["full_iou_sum"]) == pytest.approx(iou, abs=1e-12)
-    metrics = trainer.compute_metrics({"images": 1, "dice_sum": 0, "iou_sum": 0, "pixels": 1, "correct_pixels": 1,
-                                       **{name: float(value) for name, value in stats.items()}})
+    metrics = task.compute_metrics({"images": 1, "dice_sum": 0, "iou_sum": 0, "pixels": 1, "correct_pixels": 1,
+                                    **{name: float(value) for name, value in stats.items()}})
     assert metrics["dice_full"] == pytest.approx(dice) and metrics["iou_full"] == pytest.approx(iou)
 
 
@@ -83,7 +83,7 @@ def test_hflip_tta_averages_the_mirror_image(unet_run, tmp_path):
     trainer = SegOnCarvanaTrainer(args)
     symmetric = torch.nn.Conv2d(3, 1, 1).eval()
     images = torch.rand(2, 3, 8, 10)
-    assert torch.allclose(trainer.predict_batch(symmetric, images), symmetric(images), atol=1e-4)
+    assert torch.allclose(trainer.task.predict_batch(symmetric, images), symmetric(images), atol=1e-4)
 
 
 def copy_test_images(unet_run, carvana_dir, folder):

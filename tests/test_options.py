@@ -3,17 +3,18 @@ import argparse
 
 import pytest
 
-from cli.options import Parser, add_flag, explicit_options, positive_float
+from cli.options import (EVALUATION, SHARED, TRAINING, Parser, add_flag, add_option, explicit_options, options_where,
+                         positive_float)
 
 
 def _parser():
     parser = Parser(prog="train")
-    add_flag(parser, "--viz")
-    add_flag(parser, "--parallel", default=True)
-    parser.add_argument("--learning_rate", type=positive_float, default=0.1)
-    parser.add_argument("--batch_size", type=int, default=8)
+    add_flag(parser, "--viz", EVALUATION)
+    add_flag(parser, "--parallel", SHARED, default=True)
+    add_option(parser, "--learning_rate", rules=TRAINING, type=positive_float, default=0.1)
+    add_option(parser, "--batch_size", rules=SHARED, type=int, default=8)
     group = parser.add_argument_group("task")
-    group.add_argument("--dropout", type=float, default=0.2)
+    add_option(group, "--dropout", rules=TRAINING, type=float, default=0.2)
     return parser
 
 
@@ -89,3 +90,56 @@ def test_explicit_options_ignores_defaults_set_by_a_task():
     assert explicit_options(parser, []) == set()
     assert explicit_options(parser, ["--viz", "--batch_size", "64"]) == {"viz", "batch_size"}
     assert parser.parse_args([]).batch_size == 64
+
+
+def _scripts():
+    from eval_seg_on_carvana import SegOnCarvanaEvaluator
+    from eval_vanilla import VanillaEvaluator
+    from trainer_seg_on_carvana import SegOnCarvanaTrainer
+    from trainer_vanilla import VanillaTrainer
+    return [VanillaTrainer, SegOnCarvanaTrainer, VanillaEvaluator, SegOnCarvanaEvaluator]
+
+
+@pytest.mark.parametrize("script", _scripts(), ids=lambda script: script.__name__)
+def test_every_option_of_every_script_is_declared_with_its_rules(script):
+    parser = script.build_parser()
+    options = [action for action in parser._actions if action.dest != "help"]
+    assert options and all(hasattr(action, "rules") for action in options)
+
+
+def test_an_option_without_rules_or_a_default_of_no_option_is_a_mistake_the_parser_names():
+    from cli.arguments import task_parser
+    from trainer_vanilla import VanillaTask
+
+    class Undeclared(VanillaTask):
+        @classmethod
+        def add_arguments(cls, parser):
+            super().add_arguments(parser)
+            parser.add_argument("--width", type=int, default=4)
+
+    class MisspelledDefault(VanillaTask):
+        @classmethod
+        def add_arguments(cls, parser):
+            super().add_arguments(parser)
+            parser.set_defaults(n_epochs=3)
+
+    with pytest.raises(TypeError, match="width"):
+        task_parser(Undeclared)
+    with pytest.raises(TypeError, match="n_epochs"):
+        task_parser(MisspelledDefault)
+
+
+def test_the_lists_of_options_are_derived_from_their_rules():
+    """What a resume may change, what the evaluator refuses, what a sweep or a config file may not
+    set: each list is read off the declarations, so a task's own option lands in the right ones."""
+    from cli.arguments import resume_safe_options
+    from trainer_seg_on_carvana import SegOnCarvanaTrainer
+    parser = SegOnCarvanaTrainer.build_parser()
+    assert {"cache", "cache_dir", "data_dir", "n_epoch"} <= resume_safe_options(parser, {"lr_scheduler": "none"})
+    assert "n_epoch" not in resume_safe_options(parser, {"lr_scheduler": "cosine"})  # the schedule spans n_epoch
+    assert {"base_width", "loss", "lr", "monitor"} <= options_where(parser, lambda rules: rules.training)
+    assert options_where(parser, lambda rules: rules.split) == {"seed", "data_type", "val_ratio", "test_ratio",
+                                                                "train_val_sample_rate", "test_sample_rate"}
+    assert options_where(parser, lambda rules: not rules.in_files) == {"config", "print_config", "resume"}
+    assert {"monitor", "resume", "output_dir"} <= options_where(parser, lambda rules: not rules.sweep)
+    assert not {"lr", "base_width", "batch_size"} & options_where(parser, lambda rules: not rules.sweep)

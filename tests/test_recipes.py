@@ -6,13 +6,13 @@ import signal
 import pytest
 import torch
 
-from helpers import load_plain, read_json, run_dirs, stopping_at, train_vanilla
+from helpers import forwarding, load_plain, read_json, run_dirs, stopping_at, train_vanilla
 from trainer_vanilla import VanillaTrainer
 
 # 540 training samples, batch 32: 17 batches an epoch; with --accum_steps 2, 9 optimizer steps.
 FLAGS = ["--n_epoch", "3", "--dropout", "0.2", "--train_val_sample_rate", "0.4", "--test_sample_rate", "0.25"]
 RECIPE = [*FLAGS, "--lr_scheduler", "cosine", "--warmup_steps", "5", "--min_lr", "1e-5", "--accum_steps", "2",
-          "--ema_decay", "0.9", "--save_top_k", "2", "--lr", "0.003"]
+          "--ema_decay", "0.9", "--save_top_k", "2", "--lr", "0.003", "--log_every_n_steps", "1"]
 
 
 def step_lrs(run):
@@ -50,6 +50,14 @@ def test_the_lr_advances_every_step_with_a_smooth_warm_up(uninterrupted):
     expected = [1e-5 + (0.003 - 1e-5) * 0.5 * (1 + math.cos(math.pi * k / span)) for k in range(span)]
     assert values[5:] == pytest.approx(expected, rel=1e-5)
     assert len(set(values[:9])) == 9  # it changes inside the first epoch
+
+
+def test_the_step_lr_is_logged_every_n_steps_like_every_step_scalar(fashion_dir, tmp_path, uninterrupted):
+    """The schedule still advances every step; TensorBoard gets its value at --log_every_n_steps."""
+    run = train_vanilla(fashion_dir, tmp_path, *RECIPE[:-2], "--log_every_n_steps", "4", "--save_top_k", "0")
+    every_fourth = step_lrs(run)
+    assert [step for step, _ in every_fourth] == [4, 8, 12, 16, 20, 24]
+    assert every_fourth == [(step, lr) for step, lr in step_lrs(uninterrupted) if step % 4 == 0]
 
 
 @pytest.mark.parametrize("step", [4, 9, 9 + 6])  # mid-accumulation epoch 1, at an epoch's end, mid epoch 2
@@ -126,8 +134,8 @@ def test_top_k_keeps_exactly_k_through_resumes_and_a_cut_between_save_and_delete
     kept = sorted(path.name for path in run.glob("Vanilla_epoch*.pth"))
     assert len(kept) == 2
     state = load_plain(run / "Vanilla_last_ckpt.pth")
-    assert sorted(entry["file"] for entry in state["top_k"]) == kept
-    for entry in state["top_k"]:  # each kept file is a whole checkpoint of its epoch
+    assert sorted(entry["file"] for entry in state["callbacks"]["top_k"]["kept"]) == kept
+    for entry in state["callbacks"]["top_k"]["kept"]:  # each kept file is a whole checkpoint of its epoch
         assert load_plain(run / entry["file"])["epoch"] == entry["epoch"]
         assert f"_epoch{entry['epoch']:03d}_val_loss{entry['value']:.4f}.pth" in entry["file"]
 
@@ -135,10 +143,10 @@ def test_top_k_keeps_exactly_k_through_resumes_and_a_cut_between_save_and_delete
         assert VanillaTrainer.main(["--resume", str(run), "--n_epoch", str(n_epoch)]) == 0
         state = load_plain(run / "Vanilla_last_ckpt.pth")
         assert sorted(path.name for path in run.glob("Vanilla_epoch*.pth")) == \
-            sorted(entry["file"] for entry in state["top_k"])
-        assert len(state["top_k"]) == 2
+            sorted(entry["file"] for entry in state["callbacks"]["top_k"]["kept"])
+        assert len(state["callbacks"]["top_k"]["kept"]) == 2
         losses = [record["val/loss"] for record in read_json(run / "metrics.json")["history"]]
-        assert sorted(entry["value"] for entry in state["top_k"]) == sorted(losses)[:2]
+        assert sorted(entry["value"] for entry in state["callbacks"]["top_k"]["kept"]) == sorted(losses)[:2]
 
     # A file of the user's own that only looks like one is left alone.
     (run / "Vanilla_epoch_backup.pth").write_bytes(b"mine")
@@ -147,14 +155,14 @@ def test_top_k_keeps_exactly_k_through_resumes_and_a_cut_between_save_and_delete
     stray = run / "Vanilla_epoch099_val_loss0.0001.pth"
     stray.write_bytes((run / "Vanilla_last_ckpt.pth").read_bytes())
     # And a cut after `last` listed a file but before that file was written: the resume rewrites it.
-    listed = [entry for entry in state["top_k"] if entry["epoch"] == state["epoch"]]
+    listed = [entry for entry in state["callbacks"]["top_k"]["kept"] if entry["epoch"] == state["epoch"]]
     if listed:
         (run / listed[0]["file"]).unlink()
     assert VanillaTrainer.main(["--resume", str(run), "--n_epoch", "7"]) == 0
     state = load_plain(run / "Vanilla_last_ckpt.pth")
     assert not stray.exists() and (run / "Vanilla_epoch_backup.pth").read_bytes() == b"mine"
-    assert sorted(path.name for path in run.glob("Vanilla_epoch0*.pth")) == sorted(e["file"] for e in state["top_k"])
-    assert len(state["top_k"]) == 2
+    assert sorted(path.name for path in run.glob("Vanilla_epoch0*.pth")) == sorted(e["file"] for e in state["callbacks"]["top_k"]["kept"])
+    assert len(state["callbacks"]["top_k"]["kept"]) == 2
 
 
 def test_the_lr_finder_leaves_the_run_as_without_it_and_its_suggestion_trains(fashion_dir, tmp_path):
@@ -183,15 +191,14 @@ def test_the_lr_finder_leaves_the_run_as_without_it_and_its_suggestion_trains(fa
 
 
 def test_a_signal_during_the_lr_range_test_stops_before_training(fashion_dir, tmp_path):
-    class Interrupted(VanillaTrainer):
-        calls = 0
+    def interrupted(trainer, forward, model, batch):
+        Interrupted.calls += 1
+        if Interrupted.calls == 5:
+            trainer.stop.signum = signal.SIGTERM
+        return forward(model, batch)
 
-        def forward_batch(self, model, batch):
-            Interrupted.calls += 1
-            if Interrupted.calls == 5:
-                self.stop.signum = signal.SIGTERM
-            return super().forward_batch(model, batch)
-    Interrupted.__name__ = "VanillaTrainer"
+    class Interrupted(forwarding(interrupted)):
+        calls = 0
     with pytest.raises(SystemExit) as exit_info:
         train_vanilla(fashion_dir, tmp_path, *FLAGS, "--lr_find", "--lr_find_apply", trainer_class=Interrupted)
     assert exit_info.value.code == 128 + signal.SIGTERM

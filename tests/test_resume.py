@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from helpers import (ROOT, load_plain, metric_history, python_command, read_json, run_dirs, stopping_at,
+from helpers import (ROOT, forwarding, load_plain, metric_history, python_command, read_json, run_dirs, stopping_at,
                      train_vanilla)
 from trainer_vanilla import VanillaTrainer
 
@@ -177,11 +177,10 @@ def test_malicious_checkpoint_is_refused_not_executed(tmp_path, script, flag):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fashion_dir, tmp_path, capsys):
-    class Diverging(VanillaTrainer):
-        def forward_batch(self, model, batch):
-            loss, outputs = super().forward_batch(model, batch)
-            return (loss * float("nan") if self.progress.epoch == 1 and self.progress.batches_done >= 4 else loss), outputs
-    Diverging.__name__ = "VanillaTrainer"
+    def diverging(trainer, forward, model, batch):
+        loss, outputs = forward(model, batch)
+        return (loss * float("nan") if trainer.progress.epoch == 1 and trainer.progress.batches_done >= 4 else loss), outputs
+    Diverging = forwarding(diverging)
     with pytest.raises(SystemExit) as exit_info:
         train_vanilla(fashion_dir, tmp_path, *FLAGS, trainer_class=Diverging)
     assert exit_info.value.code == 2
@@ -193,11 +192,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(fashion_dir, tmp_path
 
 
 def test_skip_nonfinite_counts_the_skipped_batches(fashion_dir, tmp_path):
-    class Spiky(VanillaTrainer):
-        def forward_batch(self, model, batch):
-            loss, outputs = super().forward_batch(model, batch)
-            return (loss * float("inf") if self.progress.global_step in (3, 10) else loss), outputs
-    Spiky.__name__ = "VanillaTrainer"
+    def spiky(trainer, forward, model, batch):
+        loss, outputs = forward(model, batch)
+        return (loss * float("inf") if trainer.progress.global_step in (3, 10) else loss), outputs
+    Spiky = forwarding(spiky)
     run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--skip_nonfinite", trainer_class=Spiky)
     metrics = read_json(run / "metrics.json")
     assert metrics["nonfinite_batches"] == 2 and metrics["status"] == "completed"
@@ -207,17 +205,16 @@ def test_skip_nonfinite_counts_the_skipped_batches(fashion_dir, tmp_path):
 def test_a_skipped_batch_leaves_the_weights_and_the_optimizer_alone(fashion_dir, tmp_path):
     """Adam's momentum would move the weights on a zero gradient: a step whose every batch was
     skipped must not be taken at all."""
-    class SpikyAt(VanillaTrainer):
-        def forward_batch(self, model, batch):
-            loss, outputs = super().forward_batch(model, batch)
-            return (loss * float("nan") if self.progress.global_step == 3 else loss), outputs
+    def spiky_at_3(trainer, forward, model, batch):
+        loss, outputs = forward(model, batch)
+        return (loss * float("nan") if trainer.progress.global_step == 3 else loss), outputs
 
+    class SpikyAt(forwarding(spiky_at_3)):
         def after_step(self):
             if self.progress.global_step in (3, 4):
                 saved[self.progress.global_step] = {key: value.clone() for key, value in self.model.state_dict().items()}
             super().after_step()
     saved = {}
-    SpikyAt.__name__ = "VanillaTrainer"
     run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--n_epoch", "1", "--skip_nonfinite", "--dropout", "0",
                         trainer_class=SpikyAt)
     assert all(torch.equal(saved[3][key], saved[4][key]) for key in saved[3])  # step 4 was the NaN batch
@@ -226,12 +223,11 @@ def test_a_skipped_batch_leaves_the_weights_and_the_optimizer_alone(fashion_dir,
 
 
 def test_an_exception_saves_the_last_completed_step_and_propagates(fashion_dir, tmp_path):
-    class Crashing(VanillaTrainer):
-        def forward_batch(self, model, batch):
-            if self.progress.global_step == 22:
-                raise RuntimeError("boom")
-            return super().forward_batch(model, batch)
-    Crashing.__name__ = "VanillaTrainer"
+    def crashing(trainer, forward, model, batch):
+        if trainer.progress.global_step == 22:
+            raise RuntimeError("boom")
+        return forward(model, batch)
+    Crashing = forwarding(crashing)
     with pytest.raises(RuntimeError, match="boom"):
         train_vanilla(fashion_dir, tmp_path, *FLAGS, trainer_class=Crashing)
     run = run_dirs(tmp_path)[0]
@@ -243,18 +239,17 @@ def test_an_exception_saves_the_last_completed_step_and_propagates(fashion_dir, 
 def stopping_in(phase):
     """A trainer that receives SIGTERM at the first batch of a validation ("val", the second epoch's)
     or of the test, and counts the batches it still evaluates after that."""
-    class Stopping(VanillaTrainer):
-        evaluated_after_signal = 0
+    def stopping(trainer, forward, model, batch):
+        in_test = trainer.progress.is_finished(trainer.args.n_epoch)
+        if not model.training and (in_test if phase == "test" else not in_test and trainer.progress.epoch == 1):
+            if trainer.stop.requested:
+                type(trainer).evaluated_after_signal += 1
+            else:
+                trainer.stop.signum = signal.SIGTERM
+        return forward(model, batch)
 
-        def forward_batch(self, model, batch):
-            in_test = self.progress.is_finished(self.args.n_epoch)
-            if not model.training and (in_test if phase == "test" else not in_test and self.progress.epoch == 1):
-                if self.stop.requested:
-                    type(self).evaluated_after_signal += 1
-                else:
-                    self.stop.signum = signal.SIGTERM
-            return super().forward_batch(model, batch)
-    Stopping.__name__ = "VanillaTrainer"
+    class Stopping(forwarding(stopping)):
+        evaluated_after_signal = 0
     return Stopping
 
 
@@ -278,15 +273,14 @@ def test_a_signal_during_evaluation_stops_within_one_batch_and_resumes_exactly(f
 
 
 def test_a_crash_in_the_test_leaves_the_training_state_alone(fashion_dir, tmp_path):
-    class CrashingInTheTest(VanillaTrainer):
-        last_before_test = None
+    def crashing_in_the_test(trainer, forward, model, batch):
+        if not model.training and trainer.progress.is_finished(trainer.args.n_epoch):
+            type(trainer).last_before_test = trainer.run.checkpoint_path("last").read_bytes()
+            raise RuntimeError("boom in the test")
+        return forward(model, batch)
 
-        def forward_batch(self, model, batch):
-            if not model.training and self.progress.is_finished(self.args.n_epoch):
-                type(self).last_before_test = self.run.checkpoint_path("last").read_bytes()
-                raise RuntimeError("boom in the test")
-            return super().forward_batch(model, batch)
-    CrashingInTheTest.__name__ = "VanillaTrainer"
+    class CrashingInTheTest(forwarding(crashing_in_the_test)):
+        last_before_test = None
     # The highest validation loss is the first epoch's: the best weights are not the last ones.
     flags = [*FLAGS, "--monitor", "val/loss", "--monitor_mode", "max"]
     with pytest.raises(RuntimeError, match="boom in the test"):

@@ -201,7 +201,6 @@ class Stopping(VanillaTrainer):
         super().after_step()
 
 
-Stopping.__name__ = "VanillaTrainer"
 sys.exit(Stopping.main())
 """
 
@@ -280,7 +279,6 @@ class Recording(SegOnCarvanaTrainer):
         return super().evaluate(phase, *args, **kwargs)
 
 
-Recording.__name__ = "SegOnCarvanaTrainer"
 sys.exit(Recording.main())
 """
 

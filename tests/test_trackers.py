@@ -103,7 +103,7 @@ def test_mlflow_and_wandb_hold_what_the_csv_holds(fashion_dir, tmp_path, monkeyp
     assert summary["test/accuracy"] == expected["test/accuracy"][0][1]
     assert summary["best_val/accuracy"] == max(value for _, value in expected["val/accuracy"])
     import torch
-    assert torch.load(run / "Vanilla_last_ckpt.pth", weights_only=True)["tracker_runs"]["wandb"] == run_id
+    assert torch.load(run / "Vanilla_last_ckpt.pth", weights_only=True)["callbacks"]["trackers"]["tracker_runs"]["wandb"] == run_id
 
 
 def test_a_resumed_run_continues_its_mlflow_and_wandb_runs(fashion_dir, tmp_path, monkeypatch):
@@ -130,12 +130,11 @@ def test_a_kill_between_the_save_and_the_trackers_loses_no_scalar(fashion_dir, t
     monkeypatch.setenv("WANDB_MODE", "offline")
 
     class KilledAfterSaving(VanillaTrainer):
-        def save_checkpoint(self, best=False, also=None):
+        def save_checkpoint(self, best=False):
             if self.progress.global_step == 8:
-                self.run.save_checkpoint(self.state_dict(), best, also)
+                self.run.save_checkpoint(self.state_dict(), best)
                 raise SystemExit(137)
-            super().save_checkpoint(best, also)
-    KilledAfterSaving.__name__ = "VanillaTrainer"
+            super().save_checkpoint(best)
 
     flags = [*QUICK, "--logger", "csv,mlflow", "--log_every_n_steps", "2", "--save_every_n_steps", "4"]
     full = train_vanilla(fashion_dir, tmp_path / "full", *flags, "--mlflow_uri", tmp_path / "full_store")
@@ -187,7 +186,6 @@ def test_a_kill_after_the_test_logs_each_test_result_once(fashion_dir, tmp_path)
             if status == "completed":
                 raise UserError("killed")  # as a kill would leave it: metrics.json still says running
             super().write_metrics(status, test, tested)
-    KilledAfterTheTest.__name__ = "VanillaTrainer"
 
     flags = [*QUICK, "--logger", "csv,mlflow", "--log_every_n_steps", "2"]
     full = train_vanilla(fashion_dir, tmp_path / "full", *flags, "--mlflow_uri", tmp_path / "full_store")

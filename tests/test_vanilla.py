@@ -39,7 +39,7 @@ def test_checkpoints_load_with_weights_only(trained_run):
     for kind in ("best", "last"):
         checkpoint = load_plain(trained_run / f"Vanilla_{kind}_ckpt.pth")
         assert not any(key.startswith("module.") for key in checkpoint["model"])
-        for key in ("optimizer", "scheduler", "early_stopper", "epoch", "global_step", "rng", "config", "best_metric"):
+        for key in ("optimizer", "scheduler", "monitor", "epoch", "global_step", "rng", "config", "best_metric"):
             assert key in checkpoint, key
     last = load_plain(trained_run / "Vanilla_last_ckpt.pth")
     assert last["epoch"] == 3 and last["global_step"] == 3 * 43

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from helpers import ROOT, metric_history, python_command, read_json, refused, run_dirs, train_vanilla
-from trainer_vanilla import VanillaTrainer
+from trainer_vanilla import VanillaTask, VanillaTrainer
 
 QUICK = ["--train_val_sample_rate", "0.4", "--test_sample_rate", "0.5"]
 
@@ -137,10 +137,13 @@ def test_fast_dev_run_goes_through_every_step_in_seconds(fashion_dir, tmp_path):
 
 
 def test_fast_dev_run_fails_on_a_hook_a_full_run_reaches_only_after_training(fashion_dir, tmp_path):
-    class BrokenTestReport(VanillaTrainer):
-        def report(self, phase, totals, epoch):
+    class BrokenTestReportTask(VanillaTask):
+        def report(self, phase, totals, epoch, writer):
             if phase == "test":
                 raise RuntimeError("broken report hook")
+
+    class BrokenTestReport(VanillaTrainer):
+        task_class = BrokenTestReportTask
 
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="broken report hook"):

@@ -5,22 +5,24 @@ the loss, suggest the lr where it falls fastest. It leaves the run as it found i
     python trainer_vanilla.py --lr_find --lr_find_apply  then train with the suggested lr
 
 Writes `lr_find.csv` (lr, loss, smoothed loss per step) and `lr_find.png` (the smoothed loss over a
-log-scaled lr axis, the suggestion marked) into the run folder. The test steps an optimizer of its
-own, draws its batches in an order training never uses, and puts the model's weights and buffers
+log-scaled lr axis, the suggestion marked) into the run folder. The test runs through the trainer's
+train step with an optimizer of its own, draws its batches in an order training never uses, and puts the model's weights and buffers
 and the random state back as they were, so the run that follows is the run without the test.
 """
+import argparse
 import copy
 import csv
 import math
 import signal
 
-import torch
+
 
 from utils import distributed
 from utils.atomic import atomic_open
 from cli.arguments import check_schedule
 from utils.errors import UserError
-from training.optimizers import build_optimizer
+from state.status import Status
+from training.optimization import Optimization
 from utils.seed import get_rng_state, set_rng_state
 
 SMOOTHING = 0.98  # the loss curve is an exponential average of the batch losses, bias-corrected
@@ -51,18 +53,20 @@ def find_lr(trainer):
         trainer.setup_optimization()
     run.write_json("config.json", config)
     if not args.lr_find_apply:
-        trainer.write_metrics("lr_find")
+        trainer.write_metrics(Status.LR_FIND)
         trainer.log.info(f"to train with it: --lr {suggestion:.3g}, or --lr_find --lr_find_apply" if suggestion
                          else "no training: --lr_find alone only runs the test")
     return args.lr_find_apply
 
 
 def range_test(trainer, lr_min, lr_max, steps):
-    """Run the test on `trainer`'s model and training data. Returns (lrs, losses, smoothed, suggestion)."""
+    """Run the test through `trainer`'s train step, with an optimizer of its own (the same kind, no
+    schedule). Returns (lrs, losses, smoothed, suggestion)."""
     args, model = trainer.args, trainer.model
     saved_weights, saved_rng = copy.deepcopy(model.state_dict()), get_rng_state()
-    optimizer = build_optimizer(list(model.parameters()), args.optim, lr_min, args.weight_decay, args.momentum)
-    scaler = torch.amp.GradScaler(trainer.device.type, enabled=args.amp and args.amp_dtype == "fp16")
+    optimization = Optimization(model.parameters(), argparse.Namespace(
+        **{**vars(args), "lr": lr_min, "lr_scheduler": "none", "warmup_epoch": 0, "warmup_steps": 0, "min_lr": 0.0}),
+        trainer.device.type)
     growth = (lr_max / lr_min) ** (1 / max(1, steps - 1))
     lrs, losses, smoothed, average, best, stopped = [], [], [], 0.0, math.inf, None
     loader = trainer.loaders["train"]
@@ -73,16 +77,12 @@ def range_test(trainer, lr_min, lr_max, steps):
             for index, (_, batch) in enumerate(loader):
                 step = len(lrs)
                 lr = lr_min * growth ** step
-                for group in optimizer.param_groups:
+                for group in optimization.optimizer.param_groups:
                     group["lr"] = lr
-                batch = trainer.prepare_batch(trainer.to_device(batch), True,
-                                              trainer.batch_generator(FINDER_EPOCH + round_number, index))
-                with trainer.autocast():
-                    loss, _ = trainer.forward_batch(trainer.train_model, batch)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                batch = trainer.task.prepare_batch(trainer.to_device(batch), True,
+                                                   trainer.batch_generator(FINDER_EPOCH + round_number, index))
+                loss, _, _ = trainer.backward_batch(batch, optimization)
+                trainer.optimizer_step(optimization)
                 value = distributed.mean_over_ranks(loss.detach().float(), trainer.device)
                 average = SMOOTHING * average + (1 - SMOOTHING) * value
                 lrs.append(lr)

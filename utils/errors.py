@@ -12,6 +12,10 @@ class UserError(Exception):
     """A problem the user can fix: a bad option, a missing or malformed file."""
 
 
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite."""
+
+
 def run_cli(main, argv=None):
     """Call ``main(argv)`` and turn a `UserError` into one line on stderr and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv

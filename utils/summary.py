@@ -42,6 +42,24 @@ def summarize(model, run_forward=None):
             "modules": rows}
 
 
+def describe(model, forward, log):
+    """The summary of `model` (parameters, size, a row per top-level module with its output shape in
+    `forward()`, run in evaluation mode so that no BatchNorm statistics or dropout draws change the
+    run), and the model's inputs in that pass (for TensorBoard's graph; None if it failed)."""
+    inputs = []
+    capture = model.register_forward_pre_hook(lambda module, args: inputs.append(args) if not inputs else None)
+    model.eval()
+    try:
+        summary = summarize(model, forward)
+    except Exception as error:  # a task's forward that fails shows in training, with its traceback
+        log.warning(f"model summary without output shapes: the forward pass of two samples failed "
+                    f"({type(error).__name__}: {error})")
+        summary, inputs = summarize(model), []
+    finally:
+        capture.remove()
+    return summary, inputs[0] if inputs else None
+
+
 def format_summary(summary):
     """The summary as a text table, for the log."""
     rows = [(row["name"], row["type"], f"{row['parameters']:,}", _shape_text(row["output_shape"]))

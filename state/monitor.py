@@ -1,24 +1,24 @@
-"""One tracker for the monitored metric: it picks the best checkpoint and decides early stopping."""
+"""The monitored metric (--monitor): one tracker of its best value, which picks the best checkpoint,
+and of the epochs since that best, which early stopping counts (training/callbacks.py), so the
+best checkpoint and early stopping can never watch different things."""
 import math
 
 
-class EarlyStopper:
-    """Track the best value of a metric; stop after `patience` epochs without improvement.
+class Monitor:
+    """The best value of a metric, its epoch, and the epochs since.
 
     An epoch improves when its value beats the best by more than `delta` (in the direction of
-    `mode`). `patience=0` never stops, but still tracks the best for checkpoint selection, so
-    the best checkpoint and early stopping can never watch different things.
+    `mode`); NaN never improves.
     """
 
-    def __init__(self, mode="min", patience=0, delta=0.0):
+    def __init__(self, mode="min", delta=0.0):
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.mode = mode
-        self.patience = patience
         self.delta = delta
         self.best = None
         self.best_epoch = None
-        self.bad_epochs = 0
+        self.bad_epochs = 0  # epochs since the best
 
     def is_improvement(self, value):
         if math.isnan(value):
@@ -37,13 +37,9 @@ class EarlyStopper:
         self.bad_epochs += 1
         return False
 
-    @property
-    def should_stop(self):
-        return self.patience > 0 and self.bad_epochs >= self.patience
-
     def state_dict(self):
-        return {"mode": self.mode, "patience": self.patience, "delta": self.delta, "best": self.best,
-                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+        return {"mode": self.mode, "delta": self.delta, "best": self.best, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs}
 
     def load_state_dict(self, state):
         self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]

@@ -1,10 +1,23 @@
-"""Tests for state/early_stopping.py."""
+"""Tests for state/monitor.py and the EarlyStopping callback that counts on it."""
 import io
 
 import pytest
 import torch
 
-from state.early_stopping import EarlyStopper
+from state.monitor import Monitor
+from training.callbacks import EarlyStopping
+
+
+class EarlyStopper(Monitor):
+    """The monitor with the decision of the EarlyStopping callback of the same patience."""
+
+    def __init__(self, mode="min", patience=0, delta=0.0):
+        super().__init__(mode, delta)
+        self.callback = EarlyStopping(patience)
+
+    @property
+    def should_stop(self):
+        return self.callback.should_stop(self)
 
 
 def test_early_stopper_min_mode_stops_after_patience():
