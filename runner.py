@@ -26,8 +26,8 @@ from utils.signals import StopRequest
 class TrainingStopped(Exception):
     """Raised within one batch of SIGINT/SIGTERM, on every rank at the same point."""
 
-    def __init__(self, signum):
-        super().__init__(signal.Signals(signum).name)
+    def __init__(self, signum, reason=None):
+        super().__init__(reason or signal.Signals(signum).name)
         self.signum = signum
 
 
@@ -81,7 +81,7 @@ class Runner:
         sums.add({"stop_requests": int(stopped)})  # every rank learns of a stop in the reduction it joins anyway
         totals = sums.reduced(self.device)
         if totals.pop("stop_requests", 0):
-            raise TrainingStopped(self.stop.signum or signal.SIGTERM)
+            raise TrainingStopped(self.stop.signum or signal.SIGTERM, self.stop.reason)
         return self.metrics_of(name or phase, totals), totals
 
     def add_eval_stats(self, sums, pending):

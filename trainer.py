@@ -230,6 +230,7 @@ class TrainerBase(Runner):
         run = RunFolder(Path(args.resume).parent, args.model_type, self.main_process) if checkpoint else None
         if checkpoint is not None:
             check_resumable(run, checkpoint, args, self.world_size)
+            self.callbacks.load_state_dict(checkpoint["callbacks"], args.resume)  # refused before any work
         self.setup_data(run.read_split() if run else None)
         weights, source = (None, None) if checkpoint else initial_weights(args, self.log)
         self.setup_model(weights, source, partial=args.partial_load)
@@ -298,8 +299,7 @@ class TrainerBase(Runner):
                                self.progress.state_dict(), self.callbacks.state_dict(), ranks)
 
     def load_state_dict(self, checkpoint):
-        """Restore what `state_dict` saved."""
-        self.callbacks.load_state_dict(checkpoint["callbacks"], self.args.resume)
+        """Restore what `state_dict` saved (the callbacks' states are restored first, in `setup`)."""
         load_weights(self.model, checkpoint["model"], self.args.resume)
         if self.ema is not None:
             self.ema.load_state_dict(checkpoint["ema"])
@@ -378,7 +378,7 @@ class TrainerBase(Runner):
     def raise_if_stopped(self):
         """Raise TrainingStopped on every rank when any rank received a signal (a collective under DDP)."""
         if distributed.any_rank(self.stop.requested, self.device):
-            raise TrainingStopped(self.stop.signum or signal.SIGTERM)
+            raise TrainingStopped(self.stop.signum or signal.SIGTERM, self.stop.reason)
 
     # ------------------------------------------------------------------ logging
     def progress_bar(self, loader, phase, initial=0):

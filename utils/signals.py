@@ -10,6 +10,14 @@ class StopRequest:
     def __init__(self, log):
         self.log = log
         self.signum = None
+        self.reason = None  # what asked to stop, when not a signal
+
+    def request(self, reason):
+        """Stop at the next step as SIGTERM would (the state saved, `--resume` continues it): for a
+        callback that ends a run early, such as on a time budget."""
+        if self.signum is None:
+            self.signum, self.reason = signal.SIGTERM, reason
+            self.log.warning(f"{reason}: stopping after the current step, then saving")
 
     @property
     def requested(self):
