@@ -38,8 +38,10 @@ above: the ratio is what those recipes cost a training epoch, validation of the 
 not included.
 
 The recipes_ab section measures the same cost in one process (so that the differences between
-processes do not enter): trainers with and without the recipes, and a second plain one as a
-control, take turns epoch by epoch in a shuffled order.
+processes do not enter), for the MLP and for the Carvana UNet at the task's defaults (a small UNet
+with --quick): trainers with and without the recipes, and a second plain one as a control, take
+turns epoch by epoch in a shuffled order. Where the trainer has --ema_every_n_steps, the MLP also
+runs both recipes with the average updated every 4 steps.
 
 The prediction section times Kaggle's submission pipeline (eval_seg_on_carvana.py with
 --input_dir and --submission, in a fresh process) on generated photos of Carvana's size against
