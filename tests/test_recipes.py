@@ -106,6 +106,84 @@ def test_ema_buffers_are_copied_not_averaged():
     assert torch.equal(ema.module.num_batches_tracked, model.num_batches_tracked)
 
 
+def set_weights(model, step):
+    """A slowly varying weight sequence: each value drifts along its own sine wave."""
+    with torch.no_grad():
+        for number, parameter in enumerate(model.parameters()):
+            phases = torch.arange(parameter.numel(), dtype=torch.float32).view_as(parameter) + 10 * number
+            parameter.copy_(torch.sin(step / 80 + phases) + 0.5)
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_ema_every_step_is_bit_identical_to_the_plain_update(restore_global_rng, warmup):
+    from training.ema import EMA
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    ema = EMA(model, decay=0.99, warmup=warmup, every=1)
+    expected = [p.detach().clone().float() for p in model.parameters()]
+    for t in range(30):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter))
+        ema.update(model)
+        decay = min(0.99, (1 + t) / (10 + t)) if warmup else 0.99
+        torch._foreach_lerp_(expected, [p.detach() for p in model.parameters()], 1.0 - decay)
+        assert all(torch.equal(a, b) for a, b in zip(ema.module.parameters(), expected))
+    assert ema.state_dict()["updates"] == ema.state_dict()["calls"] == 30
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_ema_every_4_steps_spans_as_many_steps_as_every_step(warmup):
+    from training.ema import EMA
+    model = torch.nn.Linear(3, 2)
+    set_weights(model, 0)
+    each, fourth = EMA(model, decay=0.99, warmup=warmup), EMA(model, decay=0.99, warmup=warmup, every=4)
+    for step in range(1, 401):
+        set_weights(model, step)
+        before = [p.clone() for p in fourth.module.parameters()]
+        each.update(model)
+        fourth.update(model)
+        changed = any(not torch.equal(a, b) for a, b in zip(before, fourth.module.parameters()))
+        assert changed == (step % 4 == 0)
+        if step % 4 == 0:  # every=4 sees each window's last weights: (4-1)/2 steps newer, at 1/80 a step at most
+            for a, b in zip(each.module.parameters(), fourth.module.parameters()):
+                assert torch.allclose(a, b, atol=1.5 / 80 + 1e-3), step
+    assert fourth.updates == 100 and fourth.calls == 400
+    # The average spans about 100 steps: far from the newest weights, unlike a decay of 0.99 per update.
+    distance = float((each.module.weight - model.weight).detach().abs().max())
+    assert distance > 0.1
+    assert float((fourth.module.weight - model.weight).detach().abs().max()) == pytest.approx(distance, abs=1.5 / 80)
+
+
+def test_ema_state_saved_between_two_updates_continues_bit_identically():
+    import io
+
+    from training.ema import EMA
+    model = torch.nn.Linear(3, 2)
+    set_weights(model, 0)
+    through = EMA(model, decay=0.95, every=4)
+    for step in range(1, 7):  # 6 calls: one update, and two calls towards the next
+        set_weights(model, step)
+        through.update(model)
+    buffer = io.BytesIO()
+    torch.save(through.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = EMA(torch.nn.Linear(3, 2), decay=0.95, every=4)
+    resumed.load_state_dict(torch.load(buffer))
+    assert resumed.calls == 6 and resumed.updates == 1
+    for step in range(7, 40):
+        set_weights(model, step)
+        through.update(model)
+        resumed.update(model)
+        assert all(torch.equal(a, b) for a, b in zip(through.module.parameters(), resumed.module.parameters()))
+    assert resumed.state_dict()["calls"] == through.state_dict()["calls"] == 39
+
+    older = {"weights": through.module.state_dict(), "updates": 12}  # saved before `every` existed
+    every_step = EMA(model, decay=0.95)
+    every_step.load_state_dict(older)
+    assert every_step.calls == every_step.updates == 12
+
+
 def test_the_monitor_on_ema_picks_and_tests_the_averaged_weights(fashion_dir, tmp_path, capsys):
     from eval_vanilla import VanillaEvaluator
     run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--ema_decay", "0.95", "--monitor", "val_ema/accuracy")
