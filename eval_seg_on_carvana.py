@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections import deque
 from contextlib import contextmanager
 from itertools import takewhile
@@ -155,14 +156,17 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
                 if args.viz:
                     self.write_viz(masks, samples, images)
 
+            started = time.perf_counter()
             if len(images):  # all rows may be there already, from an interruption just before the end
                 self.evaluate("predict", on_batch=encode, loader=self.make_loader(images))
+            seconds = time.perf_counter() - started  # the streaming pass: decode, model, encode, write
         bar.close()
         finish_submission(partial, submission)
         if unreadable:
             self.log.warning(f"{len(unreadable)} image(s) could not be decoded and got an empty mask, first {unreadable[0]}")
-        self.log.info(f"wrote {len(listing.all_paths)} masks to {submission.name}")
-        return {"images": len(listing.all_paths), "unreadable": unreadable, "skipped_files": listing.skipped_files}
+        self.log.info(f"wrote {len(listing.all_paths)} masks to {submission} ({len(images)} predicted in {seconds:.1f} s)")
+        return {"images": len(listing.all_paths), "unreadable": unreadable, "skipped_files": listing.skipped_files,
+                "seconds": seconds}
 
     def made_by(self):
         """What decides a submission's masks: a partial one continues only if this is unchanged."""

@@ -235,7 +235,7 @@ class TrainerBase(Runner):
         weights, source = (None, None) if checkpoint else initial_weights(args, self.log)
         self.setup_model(weights, source, partial=args.partial_load)
         model_inputs = self.describe_model()
-        self.ema = EMA(self.model, args.ema_decay, args.ema_warmup) if args.ema_decay else None
+        self.ema = EMA(self.model, args.ema_decay, args.ema_warmup, args.ema_every_n_steps) if args.ema_decay else None
         self.setup_optimization()
         if checkpoint is not None:
             self.load_state_dict(checkpoint)

@@ -122,19 +122,14 @@ def carvana_model(argv):
 # ---------------------------------------------------------------------------- the submission pipeline
 
 PREDICT_CHILD = """
-import resource, sys, time
+import resource, sys
 sys.path.insert(0, {root!r})
-import eval_seg_on_carvana as module
-original = module.SegOnCarvanaTrainer.evaluate
-def timed(self, phase, *args, **kwargs):  # the streaming pass: decode, model, encode, write
-    start = time.perf_counter()
-    result = original(self, phase, *args, **kwargs)
-    print("PREDICT_SECONDS", time.perf_counter() - start)
-    return result
-module.SegOnCarvanaTrainer.evaluate = timed
-code = module.SegOnCarvanaEvaluator.main({argv!r})
+from eval_seg_on_carvana import SegOnCarvanaEvaluator
+evaluator = SegOnCarvanaEvaluator({argv!r})
+with evaluator.output_folder():
+    result = evaluator.run()
+print("PREDICT_SECONDS", result["seconds"])  # the streaming pass: decode, model, encode, write
 print("PEAK_RSS_MIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-sys.exit(code)
 """
 
 

@@ -110,6 +110,9 @@ def add_base_arguments(parser, model_types, data_types):
                             "(0 = off; typical 0.999 to 0.9999)")
     add_flag(optim, "--ema_warmup", TRAINING, default=True,
              help="with --ema_decay: decay min(D, (1+t)/(10+t)) at update t, so early averages forget the initialisation")
+    add_option(optim, "--ema_every_n_steps", rules=TRAINING, type=positive_int, default=1,
+               help="with --ema_decay: update the average every N optimizer steps, with the decay of the N steps "
+                    "it stands for, so it spans the same samples at 1/N of the cost")
 
     finder = parser.add_argument_group("learning-rate range test")
     add_flag(finder, "--lr_find", TRAINING_RESUMABLE.but(sweep=False), help="before training, the lr range test: lr_find.png and .csv in the run folder, "

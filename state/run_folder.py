@@ -125,6 +125,7 @@ class RunFolder:
             tensorboard = None
             if "tensorboard" in loggers:
                 from torch.utils.tensorboard import SummaryWriter  # heavy import, only when a run starts
+                wait_for_a_later_second(self.path / "summary")
                 tensorboard = SummaryWriter(self.path / "summary", purge_step=purge_step)
             self.writer = Writer(tensorboard, trackers, committed)
         return self.writer
@@ -208,6 +209,17 @@ class RunFolder:
                 log.warning(f"{entry['file']} was not written (a save cut short); rewrote it from the last checkpoint")
             restored.append(entry)
         return restored
+
+def wait_for_a_later_second(folder):
+    """TensorBoard reads a run's event files in the order of their names, which start with the
+    second they were opened in and end with a counter of the process: a resume in the second of an
+    earlier file (the same process, a test or a notebook) waits for the next second, so that its
+    file sorts after it and drops the points it replaces."""
+    stamps = [int(path.name.split(".")[3]) for path in folder.glob("events.out.tfevents.*")
+              if path.name.split(".")[3].isdigit()] if folder.is_dir() else []
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)
+
 
 def git_state():
     """The commit of the code that runs, and whether it has uncommitted changes."""

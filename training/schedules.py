@@ -110,9 +110,6 @@ class LRSchedule:
                 self.plateau_factor *= self.decay_rate
                 self.plateau_bad_epochs = 0
 
-    def get_last_lr(self):
-        return [group["lr"] for group in self.optimizer.param_groups]
-
     def state_dict(self):
         return {"base_lrs": list(self.base_lrs), "plateau_factor": self.plateau_factor,
                 "plateau_best": self.plateau_best, "plateau_bad_epochs": self.plateau_bad_epochs}
