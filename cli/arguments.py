@@ -16,8 +16,8 @@ def task_parser(task_class, description=None):
     from data.data_entry import DATASETS
     from model.model_entry import MODELS
     parser = Parser(description=description)
-    add_base_arguments(parser, [name for name in MODELS if name in task_class.model_types] or sorted(MODELS),
-                       [name for name in DATASETS if name in task_class.data_types] or sorted(DATASETS))
+    add_base_arguments(parser, list(task_class.model_types) or sorted(MODELS),
+                       list(task_class.data_types) or sorted(DATASETS))
     task_class.add_arguments(parser)
     mistakes = undeclared_options(parser)
     if mistakes:

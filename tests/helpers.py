@@ -69,11 +69,12 @@ def forwarding(hook, base=None):
     return Forwarding
 
 
-def stopping_at(step):
-    """A vanilla trainer that receives SIGINT just before optimizer step `step` completes."""
+def stopping_at(step, base=None):
+    """A trainer (`base`, the vanilla one by default) that receives SIGINT just before optimizer step
+    `step` completes."""
     from trainer_vanilla import VanillaTrainer
 
-    class Stopping(VanillaTrainer):
+    class Stopping(base or VanillaTrainer):
         def after_step(self):
             if self.progress.global_step == step and not self.stop.requested:
                 self.stop.signum = signal.SIGINT

@@ -93,11 +93,14 @@ def test_explicit_options_ignores_defaults_set_by_a_task():
 
 
 def _scripts():
+    from eval_regression import RegressionEvaluator
     from eval_seg_on_carvana import SegOnCarvanaEvaluator
     from eval_vanilla import VanillaEvaluator
+    from trainer_regression import RegressionTrainer
     from trainer_seg_on_carvana import SegOnCarvanaTrainer
     from trainer_vanilla import VanillaTrainer
-    return [VanillaTrainer, SegOnCarvanaTrainer, VanillaEvaluator, SegOnCarvanaEvaluator]
+    return [VanillaTrainer, SegOnCarvanaTrainer, RegressionTrainer, VanillaEvaluator, SegOnCarvanaEvaluator,
+            RegressionEvaluator]
 
 
 @pytest.mark.parametrize("script", _scripts(), ids=lambda script: script.__name__)
