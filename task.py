@@ -37,8 +37,8 @@ class TaskBase:
     """The hooks of a task. `args` are the parsed options, `log` the run's logger."""
 
     name = None  # what checkpoints record as their task (a subclass of a task keeps its name)
-    model_types = ()  # names from model/model_entry.MODELS that this task offers
-    data_types = ()  # names from data/data_entry.DATASETS that this task offers
+    model_types = ()  # the --model_type choices: names in model/model_entry.MODELS, or its own (build_model)
+    data_types = ()  # the --data_type choices: names in data/data_entry.DATASETS, or its own (build_datasets)
     metric_names = ("loss",)  # what compute_metrics returns, plus "loss"; --monitor must name one
     eval_stats_every = 16  # evaluated batches whose batch_stats are computed together (1: keep memory flat)
 
