@@ -37,6 +37,7 @@ from utils.atomic import write_json_atomic
 from utils.errors import UserError, run_cli
 from cli.options import EVALUATION, add_flag, add_option, explicit_options, options_where, positive_int
 from runner import Runner
+from utils.signals import sigterm_as_exit
 from state.run_folder import RunFolder
 
 
@@ -80,7 +81,7 @@ class EvaluatorBase(Runner):
     def main(cls, argv=None):
         def run(argv):
             evaluator = cls(argv)
-            with evaluator.output_folder():
+            with sigterm_as_exit(), evaluator.output_folder():
                 evaluator.run()
             return 0
         return run_cli(run, argv)

@@ -9,6 +9,7 @@ Test mode writes metrics.json (mean dice, IoU, pixel accuracy, and dice and IoU 
 <name>_pred.png (car white on black, at the original resolution) and <name>_overlay.png.
 Prediction mode (--input_dir) writes the Kaggle CSV (img,rle_mask) at each image's original size.
 """
+import csv
 import gzip
 import json
 import os
@@ -205,7 +206,7 @@ class RowWriter:
     def write(self, count):
         for _ in range(count):
             name, future = self.pending.popleft()
-            self.handle.write(f"{name},{future.result() if future is not None else ''}\n")
+            self.handle.write(f"{csv_field(name)},{future.result() if future is not None else ''}\n")
             self.bar.update(1)
         self.handle.flush()  # a complete row survives an interruption
 
@@ -237,7 +238,11 @@ def continued_rows(partial, names, made_by):
     if not partial.is_file():
         write_json_atomic(made_by, record)
         return 0
-    recorded = json.loads(record.read_text()) if record.is_file() else None
+    try:
+        recorded = json.loads(record.read_text()) if record.is_file() else None
+    except ValueError:
+        raise UserError(f"{record} is not readable JSON (a write cut short?); delete it and {partial} "
+                        "to start the submission over") from None
     if recorded != made_by:
         changed = sorted(key for key in made_by if (recorded or {}).get(key) != made_by[key])
         raise UserError(f"{partial} was started with another {', '.join(changed)}; continue it with the same "
@@ -249,7 +254,7 @@ def continued_rows(partial, names, made_by):
         with open(partial, "w", newline=""):
             pass  # nothing usable: start over
         return 0
-    done = [line.split(",", 1)[0] for line in lines[1:]]
+    done = [next(csv.reader([line]))[0] for line in lines[1:]]
     if done != names[:len(done)]:
         raise UserError(f"{partial} holds rows of other images than the first {len(done)} in the input folder; "
                         "delete it to start over")
@@ -257,6 +262,13 @@ def continued_rows(partial, names, made_by):
         with open(partial, "r+", newline="") as handle:
             handle.truncate(len(complete.encode()))
     return len(done)
+
+
+def csv_field(text):
+    """`text` as one CSV field: quoted, its quotes doubled, when it holds a comma, a quote or a line break."""
+    if not any(char in text for char in ',"\r\n'):
+        return text
+    return '"' + text.replace('"', '""') + '"'
 
 
 def finish_submission(partial, submission):

@@ -98,8 +98,10 @@ class Runner:
         pending.clear()
 
     def metrics_of(self, phase, totals):
-        if not totals:
-            return {}
+        """`<phase>/<metric>` of the summed statistics; NaN for every metric of a phase without a counted
+        sample (a training epoch whose every batch was skipped as non-finite)."""
+        if not totals.get("loss_samples"):
+            return {f"{phase}/{name}": math.nan for name in self.task.metric_names}
         metrics = {"loss": totals["loss_sum"] / totals["loss_samples"], **self.task.compute_metrics(totals)}
         return {f"{phase}/{name}": float(value) for name, value in metrics.items()}
 

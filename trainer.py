@@ -417,7 +417,7 @@ class TrainerBase(Runner):
         self.write_metrics(Status.INTERRUPTED)
         launcher = f"torchrun --nproc_per_node {self.world_size} " if self.world_size > 1 else "python "
         last = self.run.checkpoint_path("last")
-        self.log.warning(f"stopped by {stopped} at epoch {self.progress.epoch + 1}, step {self.progress.global_step}; "
+        self.log.warning(f"stopped by {stopped} {self.progress.where(self.args.n_epoch)}, step {self.progress.global_step}; "
                          f"state saved to {last}. Resume with: {launcher}{sys.argv[0]} --resume {last}")
         raise SystemExit(128 + stopped.signum)
 
@@ -427,8 +427,8 @@ class TrainerBase(Runner):
         if self.run is None or self.in_update:
             return
         frame = traceback.extract_tb(sys.exc_info()[2])[-1]
-        phase = "in the test" if self.progress.is_finished(self.args.n_epoch) else f"at epoch {self.progress.epoch + 1}"
-        where = f"crashed {phase}, step {self.progress.global_step} in {frame.filename}:{frame.lineno}"
+        where = f"crashed {self.progress.where(self.args.n_epoch)}, step {self.progress.global_step} in " \
+                f"{frame.filename}:{frame.lineno}"
         last = self.run.checkpoint_path("last")
         if self.progress.position == self.saved_position or self.world_size > 1:
             self.log.error(f"{where}; the newest saved state is in {last}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from utils.errors import UserError
 from training.optimizers import OPTIMIZERS
-from cli.options import (PLACE, SHARED, SPLIT, TRAINING, TRAINING_RESUMABLE, Parser, add_flag, add_option, explicit_options, fraction, options_where, undeclared_options, non_negative_float, non_negative_int, positive_float,
+from cli.options import (PLACE, SHARED, SPLIT, TRAINING, TRAINING_RESUMABLE, Parser, add_flag, add_option, explicit_options, fraction, seed, options_where, undeclared_options, non_negative_float, non_negative_int, positive_float,
                            positive_int, ratio)
 from training.schedules import SCHEDULERS, SCHEDULES_OVER_N_EPOCH
 from tracking.trackers import LOGGERS, check_installed, logger_names, mlflow_uri
@@ -35,7 +35,7 @@ def add_base_arguments(parser, model_types, data_types):
                      help="print the resolved options as a config file (yaml unless json is given) and exit")
     add_option(run, "--proj_name", rules=TRAINING.but(sweep=False), default="Default", help="project name; runs go to <output_dir>")
     add_option(run, "--description", rules=TRAINING_RESUMABLE, default="", help="free text kept in config.json")
-    add_option(run, "--seed", rules=SPLIT, type=non_negative_int, default=0, help="random seed (0 is a valid seed)")
+    add_option(run, "--seed", rules=SPLIT, type=seed, default=0, help="random seed (0 is a valid seed)")
     add_flag(run, "--deterministic", SHARED, help="deterministic kernels (slower); with a fixed seed, a run repeats exactly")
     add_option(run, "--output_dir", rules=TRAINING_RESUMABLE.but(sweep=False), type=Path, default=None, help="where run folders go (default Results/<proj_name>)")
     add_option(run, "--log_every_n_steps", rules=TRAINING_RESUMABLE, type=positive_int, default=50,

@@ -64,9 +64,11 @@ def _load(path):
     if path.suffix.lower() not in SUFFIXES:
         raise UserError(f"--config {path}: expected a .json, .yaml or .yml file")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise UserError(f"--config {path}: cannot read it ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"--config {path}: not a UTF-8 text file (byte {error.start} is {error.object[error.start]:#04x})") from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)

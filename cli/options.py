@@ -120,12 +120,19 @@ def _number(kind, text, check, expected):
     return value
 
 
+INT_LIMIT = 2 ** 63  # what torch and NumPy count in
+
+
 def positive_int(text):
-    return _number(int, text, lambda v: v > 0, "a positive integer")
+    return _number(int, text, lambda v: 0 < v < INT_LIMIT, "a positive integer below 2^63")
 
 
 def non_negative_int(text):
-    return _number(int, text, lambda v: v >= 0, "an integer >= 0")
+    return _number(int, text, lambda v: 0 <= v < INT_LIMIT, "an integer >= 0 and below 2^63")
+
+
+def seed(text):
+    return _number(int, text, lambda v: 0 <= v < 2 ** 32, "an integer in [0, 2^32), the range NumPy seeds take")
 
 
 def positive_float(text):

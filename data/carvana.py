@@ -35,6 +35,7 @@ EXPECTED_LAYOUT = ("expected <root>/train/*.jpg and <root>/train_masks/*_mask.gi
                    "as in Kaggle's train.zip and train_masks.zip")
 
 # Pillow raises these for files that are missing, truncated or not images at all.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens 16-bit greyscale PNG and TIFF
 UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
@@ -82,6 +83,8 @@ def _load_image(path, img_size):
             # For a JPEG this lets the decoder shrink by 2, 4 or 8 while decoding, which makes
             # reading a 1918x1280 photo several times faster; other formats ignore it.
             image.draft("RGB", (width, height))
+            if image.mode in SIXTEEN_BIT_MODES:  # convert("RGB") would clip every value above 255 to white
+                image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
             image = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
     except UNREADABLE_IMAGE_ERRORS as error:
         raise UserError(f"cannot decode image {path}: {error}") from error

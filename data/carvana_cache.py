@@ -80,12 +80,21 @@ class DiskCache:
         self.img_size = img_size
         self.log = log
 
+    def remove_stale_temporaries(self):
+        """The temporary files of cache writes whose process was killed: each is as large as the cache."""
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            pid = stale.name[len(self.path.name) + 2:-len(".tmp")]
+            if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+                stale.unlink(missing_ok=True)
+                self.log(f"removed {stale}, left by a cache write that was killed")
+
     def load(self, names, skip_bad):
         """The stored dict if it was built from the images `names` at this size, else None.
 
         `names` is the dataset's sorted list of images. A file that does not fit is to be
         rebuilt, and the log says why.
         """
+        self.remove_stale_temporaries()
         if not self.path.is_file():
             return None
         try:
@@ -143,3 +152,13 @@ class DiskCache:
             temporary_path.unlink(missing_ok=True)
             raise
         self.log(f"wrote {self.path}")
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

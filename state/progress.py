@@ -30,6 +30,10 @@ class TrainingProgress:
     def is_finished(self, n_epoch):
         return self.epoch >= n_epoch or self.stopped_by is not None
 
+    def where(self, n_epoch):
+        """Where the run is, for a message: in the test, or at an epoch."""
+        return "in the test" if self.is_finished(n_epoch) else f"at epoch {self.epoch + 1}"
+
     def stop(self, status):
         """End training after this epoch; `status` (a Status) says why, in metrics.json."""
         self.stopped_by = status

@@ -180,9 +180,10 @@ def test_fewer_than_two_arguments_is_a_usage_error(tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
-def test_script_entry_point(tmp_path):
+@pytest.mark.parametrize("script", ["cli/configcmp.py", "utils/configcmp.py"])  # its place, and its former one
+def test_script_entry_point(tmp_path, script):
     a, b = make_run(tmp_path, "a"), make_run(tmp_path, "b", lr=0.01)
-    result = subprocess.run([sys.executable, "cli/configcmp.py", str(a), str(b)],
+    result = subprocess.run([sys.executable, script, str(a), str(b)],
                             cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 1, result.stderr
     assert "lr" in result.stdout and "0.01" in result.stdout

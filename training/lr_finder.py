@@ -46,6 +46,8 @@ def find_lr(trainer):
     trainer.log.info(f"lr range test over {len(lrs)} steps: suggested lr {shown} (see {run.path / 'lr_find.png'})")
     if args.lr_find_apply:
         if suggestion is None:
+            run.write_json("config.json", config)
+            trainer.write_metrics(Status.LR_FIND)  # the run folder says what it holds: the test alone
             raise UserError(f"--lr_find_apply: the range test found no lr at which the loss falls "
                             f"(see {run.path / 'lr_find.png'}); give --lr instead")
         args.lr = config["options"]["lr"] = suggestion

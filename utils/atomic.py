@@ -4,6 +4,7 @@ truncated one. The file gets the permissions the user's umask gives a new file (
 alone would be private to the user), so colleagues on a shared server can read results.
 """
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -66,10 +67,23 @@ def save_atomic(obj, path):
         raise UserError(f"could not write {path}: {error.strerror or error}; the previous file is unchanged") from error
 
 
+def json_safe(value):
+    """`value` with NaN and infinite floats as None: JSON has no such numbers, and strict readers
+    (JavaScript, jq, most databases) refuse Python's bare NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def write_json_atomic(obj, path):
+    """`obj` as strict JSON (NaN and infinities as null), written atomically."""
     try:
         with atomic_open(path, "w") as handle:
-            json.dump(obj, handle, indent=2, default=str)
+            json.dump(json_safe(obj), handle, indent=2, default=str, allow_nan=False)
             handle.write("\n")
     except OSError as error:
         raise UserError(f"could not write {path}: {error.strerror or error}; the previous file is unchanged") from error

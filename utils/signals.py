@@ -43,3 +43,20 @@ class StopRequest:
         self.signum = signum
         self.log.warning(f"{signal.Signals(signum).name} received: stopping after the current batch, then saving "
                          "(Ctrl+C again to stop at once)")
+
+
+@contextmanager
+def sigterm_as_exit():
+    """SIGTERM raises SystemExit(143) inside the block, so that its `finally` clauses run (a killed
+    evaluation removes its temporary folder); outside the main thread nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_now(signum, frame):
+        raise SystemExit(128 + signum)
+    previous = signal.signal(signal.SIGTERM, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

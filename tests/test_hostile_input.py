@@ -1,0 +1,174 @@
+"""What a hostile or unlucky input used to get past: each test failed before its fix (a traceback, a
+wrong picture, a file left behind, a crash on resume)."""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import ROOT, forwarding, read_json, refused, run_dirs, train_vanilla
+from trainer_vanilla import VanillaTrainer
+
+FLAGS = ["--n_epoch", "2", "--train_val_sample_rate", "0.4", "--test_sample_rate", "0.25"]
+KEPT_RUN = ROOT / "tests" / "data" / "format2" / "run"  # a small Carvana UNet run (test_checkpoint_format.py)
+
+
+def strict_json(path):
+    """The file's JSON, refusing NaN and infinities, which JSON does not have."""
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--seed", str(2 ** 32)], "an integer in [0, 2^32)"),
+    (["--batch_size", "99999999999999999999"], "a positive integer below 2^63"),
+])
+def test_numbers_out_of_range_are_one_line_before_any_folder(fashion_dir, tmp_path, capsys, argv, expected):
+    error = refused(VanillaTrainer.main, ["--data_dir", fashion_dir, "--output_dir", tmp_path / "runs", *argv], capsys)
+    assert expected in error and argv[1] in error
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(fashion_dir, tmp_path, capsys):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("description: caf\xe9\n".encode("latin-1"))
+    error = refused(VanillaTrainer.main, ["--data_dir", fashion_dir, "--config", config], capsys)
+    assert "latin1.yaml: not a UTF-8 text file" in error
+
+
+def test_an_epoch_whose_every_batch_is_skipped_has_nan_metrics_written_as_null(fashion_dir, tmp_path):
+    """With a train/... monitor: no KeyError, the epoch's train metrics are NaN in TensorBoard and null
+    in metrics.json, which stays strict JSON; stopped and resumed, the run finishes the same way."""
+    def all_nan_in_epoch_2(trainer, forward, model, batch):
+        loss, outputs = forward(model, batch)
+        return (loss * float("nan") if model.training and trainer.progress.epoch == 1 else loss), outputs
+
+    flags = [*FLAGS, "--n_epoch", "3", "--skip_nonfinite", "--monitor", "train/loss", "--save_every_n_steps", "20"]
+    run = train_vanilla(fashion_dir, tmp_path, *flags, trainer_class=forwarding(all_nan_in_epoch_2))
+    metrics = strict_json(run / "metrics.json")
+    assert metrics["status"] == "completed" and metrics["nonfinite_batches"] == 17
+    assert metrics["history"][1]["train/loss"] is None and metrics["history"][1]["val/loss"] is not None
+    assert metrics["best_epoch"] in (1, 3)
+    assert VanillaTrainer.main(["--resume", str(run), "--n_epoch", "4"]) == 0  # resumes past it
+    assert strict_json(run / "metrics.json")["epochs_done"] == 4
+
+
+def test_a_failed_lr_find_apply_leaves_a_run_folder_that_says_what_it_holds(fashion_dir, tmp_path, capsys):
+    def nan_in_the_range_test(trainer, forward, model, batch):
+        loss, outputs = forward(model, batch)
+        return (loss * float("nan") if trainer.progress.global_step == 0 else loss), outputs
+
+    with pytest.raises(SystemExit) as exit_info:
+        forwarding(nan_in_the_range_test).main(["--data_dir", str(fashion_dir), "--output_dir", str(tmp_path),
+                                                *FLAGS, "--lr_find", "--lr_find_apply", "--lr_find_steps", "20"])
+    assert exit_info.value.code == 2
+    assert "error: --lr_find_apply: the range test found no lr" in capsys.readouterr().err
+    run = run_dirs(tmp_path)[0]
+    assert read_json(run / "metrics.json")["status"] == "lr_find"
+    assert read_json(run / "config.json")["lr_find"]["suggestion"] is None
+
+
+def test_a_stop_during_the_test_says_it_was_in_the_test(fashion_dir, tmp_path):
+    def stop_in_the_test(trainer, forward, model, batch):
+        if not model.training and trainer.progress.is_finished(trainer.args.n_epoch):
+            trainer.stop.request("a test of the message")
+        return forward(model, batch)
+
+    with pytest.raises(SystemExit):
+        train_vanilla(fashion_dir, tmp_path, *FLAGS, trainer_class=forwarding(stop_in_the_test))
+    log = (run_dirs(tmp_path)[0] / "log.txt").read_text()
+    assert "stopped by a test of the message in the test, step" in log and "at epoch 3" not in log
+
+
+def test_a_16_bit_png_is_scaled_not_read_as_white(tmp_path):
+    from PIL import Image
+
+    from data.carvana import _load_image
+    ramp = np.linspace(0, 65535, 48 * 64).reshape(48, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as image:
+        assert image.mode.startswith("I")
+    pixels, size = _load_image(tmp_path / "deep.png", (48, 64))
+    assert size == (64, 48)
+    assert pixels.shape == (3, 48, 64) and pixels.min() == 0 and pixels.max() == 255
+    assert abs(pixels.float().mean().item() - 127.5) < 1.0  # not the all-white 255 of a clipped conversion
+
+
+def test_a_cache_write_killed_midway_leaves_no_file_behind_after_the_next_run(tmp_path):
+    from data.carvana import CarvanaDataset
+    from data.synthetic_carvana import write_carvana
+    root = write_carvana(tmp_path / "data", n_cars=2, views=2, size=(24, 32), seed=1)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no longer runs
+    stale = cache / f".carvana_16x24.pt.{dead.pid}.tmp"
+    stale.write_bytes(b"\0" * 1024)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    running = cache / f".carvana_16x24.pt.{alive.pid}.tmp"  # another run's write in progress stays
+    running.write_bytes(b"\0")
+    messages = []
+    try:
+        CarvanaDataset(root, img_size=(16, 24), cache="disk", cache_dir=cache, log=messages.append)
+    finally:
+        alive.kill()
+        alive.wait()
+    assert not stale.exists() and running.exists() and (cache / "carvana_16x24.pt").is_file()
+    assert any("left by a cache write that was killed" in message for message in messages)
+
+
+def test_sigterm_to_the_evaluator_leaves_no_temporary_folder(tmp_path):
+    from data.synthetic_carvana import write_carvana
+    data = write_carvana(tmp_path / "data", n_cars=8, views=2, size=(24, 32), seed=5)
+    run = tmp_path / "run"
+    shutil.copytree(KEPT_RUN, run)
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(ROOT)!r})
+from eval_seg_on_carvana import SegOnCarvanaEvaluator
+
+class Terminated(SegOnCarvanaEvaluator):
+    def on_batch(self, batch, outputs, indices):
+        os.kill(os.getpid(), signal.SIGTERM)
+        super().on_batch(batch, outputs, indices)
+
+sys.exit(Terminated.main(["--model_path", {str(run / "UNet_best_ckpt.pth")!r}, "--data_dir", {str(data)!r}]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
+    assert not list((run / "eval").glob(".*")) and not (run / "eval" / "test").exists()
+
+
+def test_an_image_name_with_a_comma_is_quoted_and_a_submission_with_it_continues(tmp_path):
+    import csv
+
+    from eval_seg_on_carvana import continued_rows, csv_field
+    names = ["a,b.jpg", 'say "hi".jpg', "plain.jpg"]
+    made_by = {"checkpoint": "x"}
+    partial = tmp_path / "submission.csv.partial"
+    assert continued_rows(partial, names, made_by) == 0
+    partial.write_text("img,rle_mask\n" + "".join(f"{csv_field(name)},1 2\n" for name in names[:2]) + "plai")
+    assert continued_rows(partial, names, made_by) == 2  # the cut row goes, the quoted ones count
+    with open(partial, newline="") as handle:
+        assert [row[0] for row in csv.reader(handle)][1:] == names[:2]
+
+
+def test_a_corrupt_record_of_a_partial_submission_is_one_line(tmp_path):
+    from eval_seg_on_carvana import continued_rows
+    from utils.errors import UserError
+    partial = tmp_path / "submission.csv.partial"
+    partial.write_text("img,rle_mask\n")
+    (tmp_path / "submission.csv.partial.json").write_text('{"checkpoint": ')
+    with pytest.raises(UserError, match="not readable JSON.*delete it"):
+        continued_rows(partial, ["a.jpg"], {"checkpoint": "x"})
+
+
+def test_metrics_json_is_strict_json(tmp_path):
+    from utils.atomic import write_json_atomic
+    write_json_atomic({"best_value": float("nan"), "history": [{"loss": float("inf")}, {"loss": 1.5}]},
+                      tmp_path / "metrics.json")
+    assert strict_json(tmp_path / "metrics.json") == {"best_value": None, "history": [{"loss": None}, {"loss": 1.5}]}
