@@ -40,6 +40,52 @@ def load_plain(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def uninterrupted_run(data_dir, tmp_path_factory, *flags, train=train_vanilla):
+    """The reference run a test module compares interrupted runs with (its module-scoped fixture calls
+    this once): `train(data_dir, output_dir, *flags)` in a folder of its own; returns what `train` returns."""
+    return train(data_dir, tmp_path_factory.mktemp("uninterrupted"), *flags)
+
+
+def last_checkpoint(run_dir):
+    """The `last` checkpoint of a run folder, loaded."""
+    found = list(Path(run_dir).glob("*_last_ckpt.pth"))
+    assert len(found) == 1, f"{run_dir}: expected one *_last_ckpt.pth, found {found}"
+    return load_plain(found[0])
+
+
+def assert_same_tensors(first, second, what):
+    """Two dicts of tensors (a state dict, an optimizer's state of one parameter) with the same keys and
+    bit-equal values; the assertion names the first key that differs. Plain values are compared with ==."""
+    assert first.keys() == second.keys(), f"{what}: the keys differ: {sorted(set(first) ^ set(second))}"
+    for key, value in first.items():
+        same = torch.equal(value, second[key]) if isinstance(value, torch.Tensor) else value == second[key]
+        assert same, f"{what}: {key} differs"
+
+
+def assert_same_weights(run_a, run_b, ema=False, optimizer=False):
+    """The last checkpoints of two runs are at the same global step with bit-equal model weights; with
+    `ema`, bit-equal averaged weights after as many updates; with `optimizer`, the same optimizer state."""
+    first, second = last_checkpoint(run_a), last_checkpoint(run_b)
+    where = f"{Path(run_a).name} vs {Path(run_b).name}"
+    assert first["global_step"] == second["global_step"], where
+    assert_same_tensors(first["model"], second["model"], f"{where}, model")
+    if ema:
+        assert first["ema"]["updates"] == second["ema"]["updates"], where
+        assert_same_tensors(first["ema"]["weights"], second["ema"]["weights"], f"{where}, EMA")
+    if optimizer:
+        states = first["optimizer"]["state"], second["optimizer"]["state"]
+        assert states[0].keys() == states[1].keys(), where
+        for parameter in states[0]:
+            assert_same_tensors(states[0][parameter], states[1][parameter],
+                                f"{where}, optimizer state of parameter {parameter}")
+
+
+def assert_same_results(run_a, run_b):
+    """The same metrics every epoch (wall-clock times aside) and the same test metrics."""
+    assert metric_history(run_a) == metric_history(run_b)
+    assert read_json(Path(run_a) / "metrics.json")["test"] == read_json(Path(run_b) / "metrics.json")["test"]
+
+
 def python_command(*args):
     return [sys.executable, *map(str, args)]
 

@@ -6,7 +6,8 @@ import signal
 import pytest
 import torch
 
-from helpers import forwarding, load_plain, read_json, run_dirs, stopping_at, train_vanilla
+from helpers import (assert_same_results, assert_same_weights, forwarding, load_plain, read_json, run_dirs, stopping_at,
+                     train_vanilla, uninterrupted_run)
 from trainer_vanilla import VanillaTrainer
 
 # 540 training samples, batch 32: 17 batches an epoch; with --accum_steps 2, 9 optimizer steps.
@@ -23,22 +24,9 @@ def step_lrs(run):
     return [(event.step, event.value) for event in events.Scalars("train/step_lr")]
 
 
-def assert_same_state(run_a, run_b):
-    first, second = (load_plain(run / "Vanilla_last_ckpt.pth") for run in (run_a, run_b))
-    assert first["global_step"] == second["global_step"]
-    for key in first["model"]:
-        assert torch.equal(first["model"][key], second["model"][key]), key
-    assert first["ema"]["updates"] == second["ema"]["updates"] == first["global_step"]
-    for key in first["ema"]["weights"]:
-        assert torch.equal(first["ema"]["weights"][key], second["ema"]["weights"][key]), key
-    assert read_json(run_a / "metrics.json")["history"][-1]["val_ema/accuracy"] == \
-        read_json(run_b / "metrics.json")["history"][-1]["val_ema/accuracy"]
-    assert read_json(run_a / "metrics.json")["test"] == read_json(run_b / "metrics.json")["test"]
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(fashion_dir, tmp_path_factory):
-    return train_vanilla(fashion_dir, tmp_path_factory.mktemp("full"), *RECIPE)
+    return uninterrupted_run(fashion_dir, tmp_path_factory, *RECIPE)
 
 
 def test_the_lr_advances_every_step_with_a_smooth_warm_up(uninterrupted):
@@ -67,7 +55,10 @@ def test_per_step_schedule_ema_and_top_k_resume_exactly(fashion_dir, tmp_path, u
     run = run_dirs(tmp_path)[0]
     assert load_plain(run / "Vanilla_last_ckpt.pth")["global_step"] == step
     assert VanillaTrainer.main(["--resume", str(run)]) == 0
-    assert_same_state(run, uninterrupted)
+    assert_same_weights(run, uninterrupted, ema=True)
+    assert_same_results(run, uninterrupted)  # the EMA weights' validation metrics among them
+    state = load_plain(run / "Vanilla_last_ckpt.pth")
+    assert state["ema"]["updates"] == state["global_step"]
     assert step_lrs(run) == step_lrs(uninterrupted)
     assert sorted(path.name for path in run.glob("Vanilla_epoch*.pth")) == \
         sorted(path.name for path in uninterrupted.glob("Vanilla_epoch*.pth"))
@@ -258,9 +249,8 @@ def test_the_lr_finder_leaves_the_run_as_without_it_and_its_suggestion_trains(fa
 
     # The same run without the finder, told the suggested lr: bit-identical.
     plain = train_vanilla(fashion_dir, tmp_path / "plain", *FLAGS, "--lr", repr(suggestion))
-    first, second = (load_plain(run / "Vanilla_last_ckpt.pth") for run in (found, plain))
-    assert all(torch.equal(first["model"][key], second["model"][key]) for key in first["model"])
-    assert read_json(found / "metrics.json")["test"] == read_json(plain / "metrics.json")["test"]
+    assert_same_weights(found, plain)
+    assert_same_results(found, plain)
     assert read_json(found / "metrics.json")["test"]["test/accuracy"] > 0.6  # it converges
 
     alone = train_vanilla(fashion_dir, tmp_path / "alone", *FLAGS, "--lr_find", "--lr_find_steps", "60")

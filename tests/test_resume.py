@@ -9,32 +9,23 @@ import time
 import pytest
 import torch
 
-from helpers import (ROOT, forwarding, load_plain, metric_history, python_command, read_json, run_dirs, stopping_at,
-                     train_vanilla)
+from helpers import (ROOT, assert_same_results, assert_same_tensors, assert_same_weights, forwarding, load_plain,
+                     python_command, read_json, run_dirs, stopping_at, train_vanilla, uninterrupted_run)
 from trainer_vanilla import VanillaTrainer
 
 # Dropout on, so that the random state has to be restored too.
 FLAGS = ["--n_epoch", "3", "--dropout", "0.2", "--train_val_sample_rate", "0.4", "--test_sample_rate", "0.25"]
 
 
-def assert_same_weights(run_a, run_b):
-    first = load_plain(run_a / "Vanilla_last_ckpt.pth")
-    second = load_plain(run_b / "Vanilla_last_ckpt.pth")
-    assert first["global_step"] == second["global_step"]
-    for key in first["model"]:
-        assert torch.equal(first["model"][key], second["model"][key]), key
-    for state_a, state_b in zip(first["optimizer"]["state"].values(), second["optimizer"]["state"].values()):
-        assert all(torch.equal(state_a[name], state_b[name]) for name in state_a)
-
-
-def assert_same_results(run_a, run_b):
-    assert metric_history(run_a) == metric_history(run_b)
-    assert read_json(run_a / "metrics.json")["test"] == read_json(run_b / "metrics.json")["test"]
+def assert_same_run(run, reference):
+    """The same weights and optimizer state at the end, and the same metrics all along."""
+    assert_same_weights(run, reference, optimizer=True)
+    assert_same_results(run, reference)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(fashion_dir, tmp_path_factory):
-    return train_vanilla(fashion_dir, tmp_path_factory.mktemp("full"), *FLAGS)
+    return uninterrupted_run(fashion_dir, tmp_path_factory, *FLAGS)
 
 
 def resume(run_dir, *extra):
@@ -44,8 +35,7 @@ def resume(run_dir, *extra):
 def test_resume_after_an_epoch_equals_uninterrupted(fashion_dir, tmp_path, uninterrupted):
     run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--n_epoch", "1")
     resume(run, "--n_epoch", "3")
-    assert_same_weights(run, uninterrupted)
-    assert_same_results(run, uninterrupted)
+    assert_same_run(run, uninterrupted)
     config = read_json(run / "config.json")
     assert config["options"]["n_epoch"] == 3 and len(config["resumes"]) == 1
     assert "resumed from" in (run / "log.txt").read_text()
@@ -63,8 +53,7 @@ def test_resume_mid_epoch_equals_uninterrupted(fashion_dir, tmp_path, uninterrup
     assert read_json(run / "metrics.json")["status"] == "interrupted"
     assert "Resume with:" in (run / "log.txt").read_text()
     resume(run / "Vanilla_last_ckpt.pth")
-    assert_same_weights(run, uninterrupted)
-    assert_same_results(run, uninterrupted)
+    assert_same_run(run, uninterrupted)
 
 
 def test_resume_refuses_options_that_change_the_experiment(fashion_dir, tmp_path, capsys):
@@ -85,8 +74,7 @@ def test_resume_with_accumulation_and_clipping_mid_epoch(fashion_dir, tmp_path):
         train_vanilla(fashion_dir, tmp_path / "cut", *flags, trainer_class=stopping_at(8))
     run = run_dirs(tmp_path / "cut")[0]
     resume(run)
-    assert_same_weights(run, full)
-    assert_same_results(run, full)
+    assert_same_run(run, full)
 
 
 def test_sigkill_at_random_moments_then_resume_reaches_the_same_weights(fashion_dir, tmp_path):
@@ -128,8 +116,7 @@ def test_sigkill_at_random_moments_then_resume_reaches_the_same_weights(fashion_
         pytest.fail("the killed run never finished")
     run = run_dirs(tmp_path / "killed")[0]
     assert kills >= 1
-    assert_same_weights(run, full)
-    assert_same_results(run, full)
+    assert_same_run(run, full)
     assert not list(run.glob(".*.tmp"))
 
 
@@ -217,7 +204,7 @@ def test_a_skipped_batch_leaves_the_weights_and_the_optimizer_alone(fashion_dir,
     saved = {}
     run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--n_epoch", "1", "--skip_nonfinite", "--dropout", "0",
                         trainer_class=SpikyAt)
-    assert all(torch.equal(saved[3][key], saved[4][key]) for key in saved[3])  # step 4 was the NaN batch
+    assert_same_tensors(saved[3], saved[4], "the weights after steps 3 and 4")  # step 4 was the NaN batch
     metrics = read_json(run / "metrics.json")
     assert metrics["nonfinite_batches"] == 1 and metrics["skipped_steps"] == 1
 
@@ -268,8 +255,7 @@ def test_a_signal_during_evaluation_stops_within_one_batch_and_resumes_exactly(f
     # In validation: the epoch's training is saved whole; in the test: the final state, untouched.
     assert (state["epoch"], state["batches_done"]) == ((1, 17) if phase == "val" else (3, 0))
     resume(run)
-    assert_same_weights(run, uninterrupted)
-    assert_same_results(run, uninterrupted)
+    assert_same_run(run, uninterrupted)
 
 
 def test_a_crash_in_the_test_leaves_the_training_state_alone(fashion_dir, tmp_path):
@@ -313,8 +299,7 @@ def test_a_cut_between_the_last_and_the_best_write_is_repaired(fashion_dir, tmp_
     run = run_dirs(tmp_path)[0]
     resume(run)
     assert load_plain(run / "Vanilla_best_ckpt.pth")["epoch"] == read_json(run / "metrics.json")["best_epoch"] == best_epoch
-    assert_same_weights(run, uninterrupted)
-    assert_same_results(run, uninterrupted)
+    assert_same_run(run, uninterrupted)
     assert "rewrote it from" in (run / "log.txt").read_text()
 
 
@@ -330,8 +315,7 @@ def test_resume_never_reads_the_initial_weights_again(fashion_dir, tmp_path):
     init.unlink()
     run = run_dirs(tmp_path / "cut")[0]
     resume(run)
-    assert_same_weights(run, full)
-    assert_same_results(run, full)
+    assert_same_run(run, full)
 
 
 def test_resume_refuses_a_new_length_for_a_cosine_schedule(fashion_dir, tmp_path, capsys):

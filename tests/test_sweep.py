@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from helpers import ROOT, load_plain, metric_history, read_json, refused
+from helpers import ROOT, assert_same_weights, metric_history, read_json, refused, uninterrupted_run
 
 optuna = pytest.importorskip("optuna")
 import sweep  # noqa: E402  (after the skip: it needs optuna)
@@ -61,17 +60,17 @@ def trials_of(folder):
     return {t.number: (t.state.name, t.params, t.value, Path(t.user_attrs["run_folder"])) for t in study.trials}
 
 
-def weights(run):
-    return load_plain(next(run.glob("*_last_ckpt.pth")))["model"]
+def run_sweep(data_dir, output_dir, *options):
+    """The sweep of `sweep_command`, run to its end: (its folder, what it printed)."""
+    result = subprocess.run(list(map(str, sweep_command(data_dir, output_dir, *options))), cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return output_dir / "sweep_vanilla", result.stdout
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(fashion_dir, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("uninterrupted")
-    result = subprocess.run(list(map(str, sweep_command(fashion_dir, output_dir))), cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return output_dir / "sweep_vanilla", result.stdout
+    return uninterrupted_run(fashion_dir, tmp_path_factory, train=run_sweep)
 
 
 def test_a_sweep_runs_every_trial_as_a_run_folder_and_prunes_through_the_trainer(uninterrupted):
@@ -118,8 +117,7 @@ def test_a_killed_sweep_started_again_finishes_every_trial_once_bit_equal(fashio
     for number, (state, params, value, run) in trials.items():
         assert (state, params, value) == expected[number][:3], number
         assert metric_history(run) == metric_history(expected[number][3]), number
-        saved, reference = weights(run), weights(expected[number][3])
-        assert all(torch.equal(saved[name], reference[name]) for name in reference), number
+        assert_same_weights(run, expected[number][3])
     assert len(list(folder.glob("*_trial*"))) == 6 + len(list(folder.glob("*.restarted")))
     log = (trials[2][3] / "log.txt").read_text()
     assert "resumed from" in log  # trial 2 continued its run folder instead of starting over
@@ -210,8 +208,7 @@ def test_ctrl_c_stops_the_trials_which_save_and_the_same_command_continues(fashi
     trials = trials_of(folder)
     for number in (0, 1):
         assert trials[number][:3] == expected[number][:3]
-        reference = weights(expected[number][3])
-        assert all(torch.equal(weights(trials[number][3])[name], reference[name]) for name in reference)
+        assert_same_weights(trials[number][3], expected[number][3])
 
 
 def test_a_trial_told_by_another_process_between_the_read_and_the_lock_is_not_taken(tmp_path, monkeypatch):

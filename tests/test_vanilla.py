@@ -2,9 +2,9 @@
 import subprocess
 
 import pytest
-import torch
 
-from helpers import ROOT, load_plain, metric_history, python_command, read_json, run_dirs, train_vanilla
+from helpers import (ROOT, assert_same_results, assert_same_weights, load_plain, python_command, read_json, run_dirs,
+                     train_vanilla)
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +84,8 @@ def test_evaluator_reproduces_trainer_metrics(trained_run, tmp_path):
 def test_same_seed_gives_identical_runs(fashion_dir, tmp_path):
     first = train_vanilla(fashion_dir, tmp_path / "a")
     second = train_vanilla(fashion_dir, tmp_path / "b")
-    assert metric_history(first) == metric_history(second)
-    assert read_json(first / "metrics.json")["test"] == read_json(second / "metrics.json")["test"]
-    weights = [load_plain(run / "Vanilla_last_ckpt.pth")["model"] for run in (first, second)]
-    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    assert_same_results(first, second)
+    assert_same_weights(first, second)
 
 
 def test_two_runs_in_the_same_second_get_their_own_folders(fashion_dir, tmp_path):
