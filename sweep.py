@@ -68,6 +68,10 @@ def main(argv=None):
     split = argv.index("--") if "--" in argv else len(argv)
     own, task_argv = argv[:split], argv[split + 1:]
     parser = build_parser()
+    unknown = [] if "--" in argv else parser.parse_known_args(own)[1]
+    if unknown:
+        parser.error(f"{parser.unrecognized(unknown)}; the task script's options go after --, as in "
+                     f"sweep.py SCRIPT --space ... -- {' '.join(unknown)}")
     args = parser.parse_args(own)
     import_optional("optuna", "optuna", "sweep.py")
     if os.name == "nt":
@@ -95,7 +99,8 @@ def main(argv=None):
     direction = "maximize" if options.monitor_mode == "max" else "minimize"
     storage = record(folder, {"script": str(Path(args.script).resolve()), "study": name, "task_options": task_argv,
                               "space": {param.name: param.describe() for param in params}, "monitor": options.monitor,
-                              "direction": direction, "storage": args.storage})
+                              "direction": direction, "storage": args.storage,
+                              "resolved_options": resolved_options(options, params)})
     study = open_study(storage, folder, name, direction, params, args)
     print(f"sweep {name}: {n_trials} trials of {args.script}, {direction} {options.monitor}, in {folder}", flush=True)
     sweep = Sweep(folder, study, sampler_maker(params, args), params, Path(args.script).resolve(), task_argv, n_trials, devices)
@@ -103,6 +108,15 @@ def main(argv=None):
     print()
     show_table(study, params, folder)
     return code
+
+
+
+def resolved_options(options, params):
+    """The task options every trial shares, as the parser resolved them (a --config file's values
+    included): what a later start of the sweep must match. The swept ones vary by trial."""
+    from cli.arguments import json_value
+    swept = {param.name for param in params}
+    return {name: value for name, value in json_value(vars(options)).items() if name not in swept}
 
 
 if __name__ == "__main__":

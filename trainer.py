@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cli.arguments import check_monitor, check_schedule, json_value, parse_training_options, task_parser
+from cli.arguments import check_training_options, debug_run_suffix, json_value, parse_training_options, task_parser
 from cli.config_file import format_options
 from data.loader import first_samples
 from runner import Runner, TrainingStopped
@@ -225,8 +225,7 @@ class TrainerBase(Runner):
         """Process group and device, data and split, model, optimizer; the run folder; the state to resume."""
         args, checkpoint = self.args, self.checkpoint
         self.setup_runtime()
-        check_monitor(self.args, self.task.metric_names)
-        check_schedule(args)
+        check_training_options(args, self.task.metric_names)
         run = RunFolder(Path(args.resume).parent, args.model_type, self.main_process) if checkpoint else None
         if checkpoint is not None:
             check_resumable(run, checkpoint, args, self.world_size)
@@ -240,8 +239,7 @@ class TrainerBase(Runner):
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
         self.run = run or RunFolder.create(args.output_dir or Path("Results") / args.proj_name, args.model_type,
-                                           self.main_process, ("_fast_dev_run" if args.fast_dev_run else "")
-                                           + self.callbacks.run_name_suffix)
+                                           self.main_process, debug_run_suffix(args) + self.callbacks.run_name_suffix)
         self.open_run_folder()
         self.callbacks.trigger("on_fit_start", self)
         if checkpoint is None and args.log_graph and model_inputs is not None:
@@ -333,7 +331,8 @@ class TrainerBase(Runner):
             return True
         where = f"epoch {self.progress.epoch + 1}, batch {index + 1} (global step {self.progress.global_step})"
         if not self.args.skip_nonfinite:
-            raise NonFiniteLoss(f"loss is {loss.item()} at {where}; the last good checkpoint is kept. "
+            kept = "the last good checkpoint is kept" if self.saved_position is not None else "nothing was saved yet"
+            raise NonFiniteLoss(f"loss is {loss.item()} at {where}; {kept}. "
                                 "Lower --lr, add --clip, or pass --skip_nonfinite to skip such batches")
         self.progress.nonfinite_batches += 1
         self.log.warning(f"skipped a batch with loss {loss.item()} at {where} "

@@ -204,6 +204,26 @@ def parse_training_options(parser, argv, task):
     return args, checkpoint
 
 
+def check_training_options(args, metric_names):
+    """What a training run's options must satisfy before anything is built: the monitor, the schedule,
+    and (a new run) an output folder it can write."""
+    check_monitor(args, metric_names)
+    check_schedule(args)
+    output = args.output_dir or Path("Results") / args.proj_name
+    if args.resume is None:
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create a run folder in --output_dir {output}: {error.strerror or error}") from None
+        if not os.access(output, os.W_OK | os.X_OK):
+            raise UserError(f"cannot create a run folder in --output_dir {output}: it is not writable")
+
+
+def debug_run_suffix(args):
+    """The run folder's suffix of a debug run: `_fast_dev_run`, `_overfit_batches`, or none."""
+    return "_fast_dev_run" if args.fast_dev_run else "_overfit_batches" if args.overfit_batches else ""
+
+
 def check_monitor(args, metric_names):
     """--monitor names a phase and one of the task's `metric_names`."""
     phase, _, name = args.monitor.partition("/")

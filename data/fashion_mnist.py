@@ -30,7 +30,7 @@ MD5 = {
 }
 IDX_MAGIC = {2049: 1, 2051: 3}  # labels: 1 dimension, images: 3 dimensions; type code 0x08 = uint8
 HOW_TO_GET = ("download the four files from https://github.com/zalandoresearch/fashion-mnist "
-              "into that folder, or pass --download")
+              "into that folder, or let a training run fetch them (trainer_vanilla.py --download)")
 
 
 def raw_dir(data_dir):

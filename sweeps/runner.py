@@ -31,6 +31,7 @@ class Sweep:
         self.stopping = threading.Event()
         self.children = {}  # trial number -> its process
         self.failed = False  # a worker died of an exception (its traceback is printed)
+        self.ran = 0  # trials this process ran or resumed
         (folder / "logs").mkdir(exist_ok=True)
 
     def run(self, n_jobs):
@@ -58,6 +59,9 @@ class Sweep:
         if self.stopping.is_set():
             print("sweep stopped; the running trials saved their state. The same command continues it.", flush=True)
             return 130
+        if not self.ran:
+            print(f"the study holds its {self.n_trials} trials already: no new trial ran (a larger --n_trials "
+                  "runs more)", flush=True)
         return 0
 
     def stop(self, signum):
@@ -78,6 +82,7 @@ class Sweep:
                 if job == "wait":  # trials that other processes still run: they may need resuming here
                     self.stopping.wait(2)
                     continue
+                self.ran += 1
                 try:
                     self.run_trial(*job, device)
                 finally:

@@ -58,7 +58,8 @@ def record(folder, content):
     path = folder / "sweep.json"
     if path.is_file():
         saved = read_json_file(path)
-        differ = [key for key in ("script", "space", "task_options") if saved.get(key) != content[key]]
+        differ = [f"{key} ({saved.get(key)} there)" for key in ("script", "space") if saved.get(key) != content[key]]
+        differ += changed_options(saved, content)
         if differ:
             raise UserError(f"{folder} holds a sweep with another {' and '.join(differ)} ({path}); continue it with "
                             "the same command, or give this one another --name")
@@ -69,6 +70,17 @@ def record(folder, content):
                             f"{saved.get('storage') or 'study.db there'}; continue it there, or give this one another --name")
     write_json_atomic(content, path)
     return content["storage"]
+
+
+def changed_options(saved, content):
+    """The task options whose resolved values (a --config file's included) differ from the sweep's,
+    each with its value there; the argv text for a sweep.json written before they were kept."""
+    if "resolved_options" not in saved:
+        return [f"task_options ({saved.get('task_options')} there)"] \
+            if saved.get("task_options") != content["task_options"] else []
+    before, now = saved["resolved_options"], content["resolved_options"]
+    return [f"--{name} ({before.get(name)} there, {now.get(name)} here)" for name in sorted(set(before) | set(now))
+            if before.get(name) != now.get(name)]
 
 
 def read_json_file(path):

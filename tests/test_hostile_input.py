@@ -172,3 +172,36 @@ def test_metrics_json_is_strict_json(tmp_path):
     write_json_atomic({"best_value": float("nan"), "history": [{"loss": float("inf")}, {"loss": 1.5}]},
                       tmp_path / "metrics.json")
     assert strict_json(tmp_path / "metrics.json") == {"best_value": None, "history": [{"loss": None}, {"loss": 1.5}]}
+
+
+def test_an_unwritable_output_dir_is_refused_before_the_data_is_built(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    error = refused(VanillaTrainer.main, ["--data_dir", tmp_path / "no_data_here", "--output_dir", blocker / "runs"],
+                    capsys)
+    assert f"--output_dir {blocker / 'runs'}" in error  # not the missing data, which would come later
+
+
+def test_a_nan_before_any_save_does_not_claim_a_kept_checkpoint(fashion_dir, tmp_path, capsys):
+    def diverging_at_once(trainer, forward, model, batch):
+        loss, outputs = forward(model, batch)
+        return loss * float("nan"), outputs
+
+    with pytest.raises(SystemExit):
+        train_vanilla(fashion_dir, tmp_path, *FLAGS, trainer_class=forwarding(diverging_at_once))
+    error = capsys.readouterr().err
+    assert "nothing was saved yet" in error and "last good checkpoint is kept" not in error
+
+
+def test_an_overfit_run_is_named_like_a_fast_dev_run(fashion_dir, tmp_path):
+    run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--n_epoch", "1", "--overfit_batches", "2")
+    assert run.name.endswith("_overfit_batches")
+
+
+def test_the_evaluator_never_recommends_an_option_it_refuses(fashion_dir, tmp_path, capsys):
+    from eval_vanilla import VanillaEvaluator
+    run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--n_epoch", "1")
+    error = refused(VanillaEvaluator.main, ["--model_path", run / "Vanilla_best_ckpt.pth", "--data_dir", tmp_path / "gone"],
+                    capsys)
+    assert "is missing" in error or "does not exist" in error
+    assert "pass --download" not in error and "trainer_vanilla.py --download" in error
