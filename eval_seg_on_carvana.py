@@ -102,7 +102,8 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
                 yield
             return
         yield
-        self.log.info(f"results in {self.save_path}")
+        if self.save_path.is_dir() and any(self.save_path.iterdir()):  # else the submission's line names it all
+            self.log.info(f"results in {self.save_path}")
 
     def predict_folder(self):
         """Every image in --input_dir through the task's evaluation loop, streamed into Kaggle's CSV.
@@ -111,8 +112,6 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         memory flat in the number of images; a second call with the same output continues after
         its last complete row. The finished file (gzipped when the name ends in .gz) replaces the
         partial one atomically, byte for byte what an uninterrupted call writes."""
-        from tqdm import tqdm
-
         from data.carvana import CarvanaImages
         args = self.args
         submission = Path(args.submission) if args.submission else self.save_path / "submission.csv"
@@ -131,12 +130,29 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         images = listing.starting_at(done)
         if done:
             self.log.info(f"continuing {partial}: {done} of {len(listing.all_paths)} images are done")
-        bar = tqdm(total=len(listing.all_paths), initial=done, unit="image", desc="predict", dynamic_ncols=True,
-                   disable=not sys.stderr.isatty())
+        progress = ImageProgress(len(listing.all_paths), done, self.log)
         unreadable = []
-        started = partial.is_file() and partial.stat().st_size > 0
-        with open(partial, "a", newline="") as handle, RowWriter(handle, bar) as rows:
-            if not started:
+        has_header = partial.is_file() and partial.stat().st_size > 0
+        try:
+            seconds = self.stream(images, partial, has_header, progress, unreadable)
+        except (KeyboardInterrupt, SystemExit):
+            self.log.warning(f"interrupted: {partial} keeps the {progress.done} rows written; the same command "
+                             "continues it")
+            raise
+        finally:
+            progress.close()
+        finish_submission(partial, submission)
+        if unreadable:
+            self.log.warning(f"{len(unreadable)} image(s) could not be decoded and got an empty mask, first {unreadable[0]}")
+        self.log.info(f"wrote {len(listing.all_paths)} masks to {submission} ({len(images)} predicted in {seconds:.1f} s)")
+        return {"images": len(listing.all_paths), "unreadable": unreadable, "skipped_files": listing.skipped_files,
+                "seconds": seconds}
+
+    def stream(self, images, partial, has_header, progress, unreadable):
+        """The rows of `images` appended to `partial`; returns the seconds of the pass."""
+        args = self.args
+        with open(partial, "a", newline="") as handle, RowWriter(handle, progress) as rows:
+            if not has_header:
                 handle.write("img,rle_mask\n")
 
             def encode(batch, logits, indices):
@@ -160,14 +176,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
             started = time.perf_counter()
             if len(images):  # all rows may be there already, from an interruption just before the end
                 self.evaluate("predict", on_batch=encode, loader=self.make_loader(images))
-            seconds = time.perf_counter() - started  # the streaming pass: decode, model, encode, write
-        bar.close()
-        finish_submission(partial, submission)
-        if unreadable:
-            self.log.warning(f"{len(unreadable)} image(s) could not be decoded and got an empty mask, first {unreadable[0]}")
-        self.log.info(f"wrote {len(listing.all_paths)} masks to {submission} ({len(images)} predicted in {seconds:.1f} s)")
-        return {"images": len(listing.all_paths), "unreadable": unreadable, "skipped_files": listing.skipped_files,
-                "seconds": seconds}
+            return time.perf_counter() - started  # the streaming pass: decode, model, encode, write
 
     def made_by(self):
         """What decides a submission's masks: a partial one continues only if this is unchanged."""
@@ -191,9 +200,9 @@ class RowWriter:
 
     AHEAD, THREADS = 64, 4
 
-    def __init__(self, handle, bar):
+    def __init__(self, handle, progress):
         from concurrent.futures import ThreadPoolExecutor
-        self.handle, self.bar, self.ahead, threads = handle, bar, self.AHEAD, self.THREADS
+        self.handle, self.progress, self.ahead, threads = handle, progress, self.AHEAD, self.THREADS
         self.pool = ThreadPoolExecutor(max_workers=threads)
         self.pending = deque()
 
@@ -207,8 +216,8 @@ class RowWriter:
         for _ in range(count):
             name, future = self.pending.popleft()
             self.handle.write(f"{csv_field(name)},{future.result() if future is not None else ''}\n")
-            self.bar.update(1)
         self.handle.flush()  # a complete row survives an interruption
+        self.progress.update(count)
 
     def __enter__(self):
         return self
@@ -219,6 +228,31 @@ class RowWriter:
         else:  # the rows encoded so far are kept, in order; the rest is redone when continued
             self.write(sum(1 for _ in takewhile(lambda item: item[1] is None or item[1].done(), self.pending)))
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ImageProgress:
+    """Progress in images: a bar on a terminal; elsewhere (a batch job's log) a line every LINE_EVERY_S
+    seconds and at the end."""
+
+    LINE_EVERY_S = 30.0
+
+    def __init__(self, total, done, log):
+        from tqdm import tqdm
+        self.total, self.done, self.log, self.last_line = total, done, log, time.monotonic()
+        self.bar = tqdm(total=total, initial=done, unit="image", desc="predict", dynamic_ncols=True) \
+            if sys.stderr.isatty() else None
+
+    def update(self, count):
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif count and (time.monotonic() - self.last_line >= self.LINE_EVERY_S or self.done == self.total):
+            self.last_line = time.monotonic()
+            self.log.info(f"predicted {self.done} of {self.total} images")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def groups_by_size(sizes):

@@ -205,3 +205,54 @@ def test_the_evaluator_never_recommends_an_option_it_refuses(fashion_dir, tmp_pa
                     capsys)
     assert "is missing" in error or "does not exist" in error
     assert "pass --download" not in error and "trainer_vanilla.py --download" in error
+
+
+def kept_carvana_run(tmp_path):
+    """The kept small UNet run and a folder of photos to predict: (checkpoint, photos folder)."""
+    from data.synthetic_carvana import write_carvana
+    photos = write_carvana(tmp_path / "photos", n_cars=4, views=2, size=(24, 32), seed=7) / "train"
+    run = tmp_path / "run"
+    shutil.copytree(KEPT_RUN, run)
+    return run / "UNet_best_ckpt.pth", photos
+
+
+def test_prediction_without_a_terminal_shows_progress_and_names_its_results(tmp_path, capsys, monkeypatch):
+    import eval_seg_on_carvana
+    checkpoint, photos = kept_carvana_run(tmp_path)
+    monkeypatch.setattr(eval_seg_on_carvana.ImageProgress, "LINE_EVERY_S", 0.0)
+    monkeypatch.setattr(eval_seg_on_carvana.RowWriter, "AHEAD", 0)  # each row written as soon as it is encoded
+    submission = tmp_path / "out" / "submission.csv"
+    assert eval_seg_on_carvana.SegOnCarvanaEvaluator.main(
+        ["--model_path", checkpoint, "--input_dir", photos, "--submission", submission, "--batch_size", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "predicted 3 of 8 images" in err and "predicted 8 of 8 images" in err
+    assert f"wrote 8 masks to {submission}" in err
+    assert "results in" not in err  # the default output folder holds nothing: the submission is elsewhere
+
+
+def test_an_interrupted_prediction_says_what_is_kept_and_how_to_continue(tmp_path, capsys):
+    from eval_seg_on_carvana import SegOnCarvanaEvaluator
+    from trainer_seg_on_carvana import SegOnCarvanaTask
+    checkpoint, photos = kept_carvana_run(tmp_path)
+
+    class InterruptedTask(SegOnCarvanaTask):
+        calls = 0
+
+        def predict_batch(self, model, batch):
+            InterruptedTask.calls += 1
+            if InterruptedTask.calls == 3:
+                raise KeyboardInterrupt
+            return super().predict_batch(model, batch)
+
+    class Interrupted(SegOnCarvanaEvaluator):
+        task_class = InterruptedTask
+
+    submission = tmp_path / "submission.csv"
+    argv = ["--model_path", checkpoint, "--input_dir", photos, "--submission", submission, "--batch_size", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        Interrupted.main(argv)
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: {submission}.partial keeps the" in err and "the same command continues it" in err
+    assert SegOnCarvanaEvaluator.main(argv) == 0
+    assert len(submission.read_text().splitlines()) == 1 + 8
