@@ -131,6 +131,9 @@ class EvaluatorBase(Runner):
             yield
             if self.save_path.is_dir():
                 previous = final.with_name(f".{final.name}.old-{os.getpid()}")
+                if (final / "viz").is_dir() and not (self.save_path / "viz").exists():  # not asked to replace
+                    (final / "viz").rename(self.save_path / "viz")
+                    self.log.info(f"kept the pictures of the earlier evaluation in {final / 'viz'}")
                 if final.exists():
                     final.rename(previous)
                 self.save_path.rename(final)

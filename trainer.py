@@ -228,6 +228,7 @@ class TrainerBase(Runner):
         check_training_options(args, self.task.metric_names)
         run = RunFolder(Path(args.resume).parent, args.model_type, self.main_process) if checkpoint else None
         if checkpoint is not None:
+            run.lock()
             check_resumable(run, checkpoint, args, self.world_size)
             self.callbacks.load_state_dict(checkpoint["callbacks"], args.resume)  # refused before any work
         self.setup_data(run.read_split() if run else None)

@@ -200,6 +200,9 @@ def parse_training_options(parser, argv, task):
     args = merge_options(parser, argv, args, saved, resume_safe_options(parser, saved))
     if "lr_interval" not in saved:  # written before per-step schedules: its schedule stepped per epoch
         args.lr_interval = "epoch"
+    if args.fast_dev_run and args.n_epoch != 1:
+        raise UserError(f"--n_epoch {args.n_epoch} with --resume of a --fast_dev_run run: it trains one short epoch; "
+                        "start a real run without --fast_dev_run")
     args.resume = path
     return args, checkpoint
 

@@ -82,11 +82,28 @@ def _load(path):
             where = getattr(error, "problem_mark", None)
             at = f" at line {where.line + 1}" if where is not None else ""
             raise UserError(f"--config {path}: not valid YAML{at} ({getattr(error, 'problem', None) or error})") from None
+    check_size(data, f"--config {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
     return data
+
+
+def check_size(data, where, limit=10_000):
+    """Refuse a file whose values expand past `limit` (YAML aliases can make a few hundred bytes
+    expand to billions), counting no further than the limit, so the check itself stays fast."""
+    pending, seen = [data], 0
+    while pending:
+        value = pending.pop()
+        seen += 1
+        if seen > limit:
+            raise UserError(f"{where}: expands to more than {limit:,} values; a config file holds options")
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            pending.extend(value)
 
 
 def _checked(action, value, path):

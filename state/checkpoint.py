@@ -241,7 +241,9 @@ def check_resumable(run, checkpoint, args, world_size):
     if not done.is_finished(args.n_epoch) or "test" not in metrics:
         return
     early = done.stopped_by == Status.EARLY_STOPPED
-    if early or args.lr_scheduler in SCHEDULES_OVER_N_EPOCH:
+    if args.fast_dev_run:
+        how = "start a real run without --fast_dev_run"
+    elif early or args.lr_scheduler in SCHEDULES_OVER_N_EPOCH:
         how = f"start a new run from its weights: --pretrained --model_path {run.checkpoint_path('best')}"
     else:
         how = f"resume with --n_epoch larger than {done.epoch}"

@@ -15,6 +15,7 @@ the two leaves a `last` that names its own epoch as the best one and an older `b
 """
 import io
 import json
+import os
 import platform
 import re
 import socket
@@ -39,6 +40,7 @@ class RunFolder:
         self.model_type = model_type
         self.writes = writes
         self.writer = None
+        self.lock_handle = None  # the open `.lock` while this process trains the run
 
     @classmethod
     def create(cls, output_dir, model_type, writes=True, suffix=""):
@@ -51,7 +53,29 @@ class RunFolder:
             except OSError as error:
                 raise UserError(f"cannot create a run folder in --output_dir {output_dir}: "
                                 f"{error.strerror or error}") from None
-        return cls(distributed.broadcast_object(str(path) if path else None), model_type, writes)
+        run = cls(distributed.broadcast_object(str(path) if path else None), model_type, writes)
+        run.lock()
+        return run
+
+    def lock(self):
+        """Hold `<run>/.lock` while this process trains the run (the main process; the lock goes with
+        the process, also when it is killed): a second process that would resume it is refused."""
+        if not self.writes:
+            return
+        import fcntl
+        handle = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(f"run {self.path} is being trained by {holder}; resume it once that process has "
+                            "ended, or start a new run") from None
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self.lock_handle = handle  # kept open: closing it releases the lock
 
     def checkpoint_path(self, kind):
         return self.path / f"{self.model_type}_{kind}_ckpt.pth"
@@ -156,10 +180,13 @@ class RunFolder:
         self.writer.commit()
 
     def close(self, status="finished"):
-        """Close the writer; `status` (finished, stopped or failed) ends the trackers' runs."""
+        """Close the writer, `status` (finished, stopped or failed) ending the trackers' runs; release the lock."""
         if self.writer is not None:
             self.writer.close(status)
             self.writer = None
+        if self.lock_handle is not None:
+            self.lock_handle.close()
+            self.lock_handle = None
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, state, best=False):

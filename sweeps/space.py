@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from cli.config_file import check_size
 from utils.errors import UserError
 
 KINDS = ("loguniform", "uniform", "int", "choice", "grid")
@@ -109,6 +110,7 @@ def parse_space(items):
             content = yaml.safe_load(path.read_text())  # JSON is YAML too
         except (OSError, yaml.YAMLError) as error:
             raise UserError(f"--space {path}: not readable YAML/JSON ({str(error).splitlines()[0]})") from None
+        check_size(content, f"--space {path}")
         if not isinstance(content, dict) or not content:
             raise UserError(f"--space {path}: expected a mapping of option names to their ranges")
         params = [parse_param(str(name), spec, f"--space {path}") for name, spec in content.items()]

@@ -256,3 +256,48 @@ def test_an_interrupted_prediction_says_what_is_kept_and_how_to_continue(tmp_pat
     assert f"interrupted: {submission}.partial keeps the" in err and "the same command continues it" in err
     assert SegOnCarvanaEvaluator.main(argv) == 0
     assert len(submission.read_text().splitlines()) == 1 + 8
+
+
+def test_a_second_process_resuming_a_run_in_training_is_refused(fashion_dir, tmp_path, capsys):
+    import fcntl
+    run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--n_epoch", "1")
+    with open(run / ".lock", "a+") as held:  # as the process that trains it holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.truncate(0)
+        held.write("process 4242 on the other host\n")
+        held.flush()
+        error = refused(VanillaTrainer.main, ["--resume", run, "--n_epoch", "2"], capsys)
+    assert f"run {run} is being trained by process 4242 on the other host" in error
+    assert VanillaTrainer.main(["--resume", str(run), "--n_epoch", "2"]) == 0  # released: it resumes
+
+
+def test_a_fast_dev_run_is_not_extended_into_full_epochs(fashion_dir, tmp_path, capsys):
+    run = train_vanilla(fashion_dir, tmp_path, "--fast_dev_run")
+    error = refused(VanillaTrainer.main, ["--resume", run, "--n_epoch", "3"], capsys)
+    assert "--fast_dev_run" in error and "start a real run" in error
+    error = refused(VanillaTrainer.main, ["--resume", run], capsys)
+    assert "is finished" in error and "start a real run without --fast_dev_run" in error
+
+
+def test_a_yaml_file_of_nested_aliases_is_refused_at_once(fashion_dir, tmp_path, capsys):
+    import time
+    lines = ["a0: &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9]"] + [f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 9) + "]"
+                                                      for n in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    assert bomb.stat().st_size < 600
+    started = time.monotonic()
+    error = refused(VanillaTrainer.main, ["--data_dir", fashion_dir, "--config", bomb], capsys)
+    assert time.monotonic() - started < 5 and len(error) < 300
+    assert "bomb.yaml: expands to more than 10,000 values" in error
+
+
+def test_another_evaluation_without_viz_keeps_the_pictures_of_the_earlier_one(fashion_dir, tmp_path):
+    from eval_vanilla import VanillaEvaluator
+    run = train_vanilla(fashion_dir, tmp_path, *FLAGS, "--n_epoch", "1")
+    checkpoint = run / "Vanilla_best_ckpt.pth"
+    assert VanillaEvaluator.main(["--model_path", str(checkpoint), "--viz"]) == 0
+    sheets = sorted((run / "eval" / "test" / "viz").iterdir())
+    assert sheets
+    assert VanillaEvaluator.main(["--model_path", str(checkpoint)]) == 0
+    assert sorted((run / "eval" / "test" / "viz").iterdir()) == sheets
