@@ -212,14 +212,15 @@ def check_training_options(args, metric_names):
     and (a new run) an output folder it can write."""
     check_monitor(args, metric_names)
     check_schedule(args)
-    output = args.output_dir or Path("Results") / args.proj_name
-    if args.resume is None:
-        try:
-            output.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UserError(f"cannot create a run folder in --output_dir {output}: {error.strerror or error}") from None
-        if not os.access(output, os.W_OK | os.X_OK):
-            raise UserError(f"cannot create a run folder in --output_dir {output}: it is not writable")
+    output = Path(args.output_dir or Path("Results") / args.proj_name).absolute()
+    if args.resume is None:  # checked without creating anything: bad input leaves no folder behind
+        existing = next(folder for folder in (output, *output.parents) if folder.exists())
+        if not existing.is_dir():
+            raise UserError(f"cannot create a run folder in --output_dir {args.output_dir or output}: "
+                            f"{existing} is a file")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"cannot create a run folder in --output_dir {args.output_dir or output}: "
+                            f"{existing} is not writable")
 
 
 def debug_run_suffix(args):
