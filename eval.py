@@ -6,10 +6,10 @@ Everything else comes from the checkpoint's saved options and the run folder's s
 options that apply to evaluation (data paths, batch size, devices, AMP, the evaluator's own) may
 override the saved ones; a training option or one that defines the split is refused, naming it.
 Each evaluation writes its own folder, `<run>/eval/<split>[_<tag>]`: evaluating `test` and then
-`val` keeps both, and evaluating the same split again replaces its folder as a whole, only once
-the new evaluation has finished (an explicit --save_path is written into as it is).
-It runs the task's own `evaluate()` (task.py), the loop the trainer tests with, so its numbers
-equal the test metrics the trainer wrote for the same checkpoint and weights. A checkpoint with
+`val` keeps both, and evaluating the same split again replaces its results only once the new
+evaluation has finished, keeping the earlier `--viz` pictures unless it draws its own (an explicit
+--save_path is written into as it is). It runs `evaluate()` (runner.py), the loop the trainer tests
+with, so its numbers equal the test metrics the trainer wrote for the same checkpoint and weights. A checkpoint with
 EMA weights (--ema_decay) is evaluated with them unless --weights raw is given; the trainer
 tested them only if its monitor was on them (val_ema/...). Hooks a task evaluator may
 override:

@@ -442,7 +442,7 @@ class TrainerBase(Runner):
     def close(self):
         self.callbacks.trigger("on_fit_end", self, self.status)
         close_logger(self.log)
-        distributed.cleanup()
+        distributed.cleanup(wait=self.status == "finished")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,22 @@ def test_per_step_schedule_ema_and_top_k_resume_exactly(fashion_dir, tmp_path, u
         sorted(path.name for path in uninterrupted.glob("Vanilla_epoch*.pth"))
 
 
+def test_an_ema_every_n_steps_resumes_exactly_from_between_two_updates(fashion_dir, tmp_path):
+    """--ema_every_n_steps 4, stopped at step 6 (two steps after an update, two before the next):
+    the resumed run's average equals the uninterrupted run's, made of a quarter of the updates."""
+    flags = [*FLAGS, "--n_epoch", "2", "--ema_decay", "0.9", "--ema_every_n_steps", "4"]
+    full = train_vanilla(fashion_dir, tmp_path / "full", *flags)
+    with pytest.raises(SystemExit):
+        train_vanilla(fashion_dir, tmp_path / "cut", *flags, trainer_class=stopping_at(6))
+    run = run_dirs(tmp_path / "cut")[0]
+    assert load_plain(run / "Vanilla_last_ckpt.pth")["ema"]["calls"] == 6
+    assert VanillaTrainer.main(["--resume", str(run)]) == 0
+    assert_same_weights(run, full, ema=True)
+    assert_same_results(run, full)
+    state = load_plain(run / "Vanilla_last_ckpt.pth")
+    assert state["ema"]["calls"] == state["global_step"] == 34 and state["ema"]["updates"] == 34 // 4
+
+
 def test_ema_follows_the_formula(restore_global_rng):
     from training.ema import EMA
     model = torch.nn.Linear(3, 2)

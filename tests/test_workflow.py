@@ -256,9 +256,10 @@ def test_evaluations_of_different_splits_keep_their_own_folders(fashion_dir, tmp
     assert sorted(path.name for path in (run / "eval").iterdir()) == ["test", "val", "val_again"]
     assert list((run / "eval" / "test" / "viz").glob("contact_sheet_*.png"))
 
-    # The same split again replaces its folder as a whole: the pictures of the earlier one go.
+    # The same split again replaces its results; the pictures it did not draw are the earlier ones, kept.
+    sheets = sorted((run / "eval" / "test" / "viz").glob("contact_sheet_*.png"))
     assert VanillaEvaluator.main(["--model_path", checkpoint]) == 0
-    assert not (run / "eval" / "test" / "viz").exists()
+    assert sorted((run / "eval" / "test" / "viz").glob("contact_sheet_*.png")) == sheets
     assert read_json(run / "eval" / "test" / "metrics.json")["metrics"] == test["metrics"]
     assert sorted(path.name for path in (run / "eval").iterdir()) == ["test", "val", "val_again"]
 

@@ -73,8 +73,12 @@ def barrier():
         dist.barrier()
 
 
-def cleanup():
+def cleanup(wait=False):
+    """Leave the process group; with `wait` (a run that ended well), once every rank is here: a rank
+    that leaves while another still closes its files can be aborted at exit."""
     if is_distributed():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
