@@ -35,6 +35,9 @@ def split_by_group(indices, ratios, seed, groups=None):
     unit = "groups" if groups is not None else "samples"
     assignment = torch.empty(n_groups, dtype=torch.long)
     start, names = 0, list(ratios) + ["train"]
+    if n_groups < len(names):  # no ratio can help: each part needs one of them
+        raise UserError(f"only {n_groups} {unit} to split into {', '.join(names)}; use more data (a larger "
+                        "--train_val_sample_rate, or the full dataset)")
     for part, (name, value) in enumerate(ratios.items()):
         count = round(value * n_groups)
         if count == 0:

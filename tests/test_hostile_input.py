@@ -301,3 +301,13 @@ def test_another_evaluation_without_viz_keeps_the_pictures_of_the_earlier_one(fa
     assert sheets
     assert VanillaEvaluator.main(["--model_path", str(checkpoint)]) == 0
     assert sorted((run / "eval" / "test" / "viz").iterdir()) == sheets
+
+
+def test_too_few_samples_for_the_split_ask_for_more_data_not_an_impossible_ratio():
+    from data.split import split_by_group
+    from utils.errors import UserError
+    with pytest.raises(UserError, match="only 2 samples to split into val, test, train; use more data") as error:
+        split_by_group(range(2), {"val": 0.1, "test": 0.1}, seed=0)
+    assert "ratio of at least" not in str(error.value)
+    parts = split_by_group(range(3), {"val": 0.2, "test": 0.2}, seed=0)  # one each: possible
+    assert sorted(len(part) for part in parts.values()) == [1, 1, 1]
