@@ -54,7 +54,7 @@ def main():
         print(f"    {path.name}{'/' if path.is_dir() else ''}")
     print(f"\nPictures: {run_dir / 'eval' / 'test' / 'viz'}\n"
           f"Curves: tensorboard --logdir {output_dir}\n"
-          f"Compare runs: python cli/configcmp.py {output_dir}/*\n"
+          f"Compare runs: python cli/configcmp.py {compare_hint(output_dir, run_dir)}\n"
           f"Evaluate again: python {evaluate[0]} --model_path {checkpoint} --split val"
           + ("\nNote: these numbers are on SYNTHETIC data." if not real else ""))
 
@@ -95,6 +95,12 @@ def carvana(args):
              "--test_ratio", "0.15", "--n_epoch", args.n_epoch or 8, *sample]
     return train, ["eval_seg_on_carvana.py", "--n_snap", "4"], args.output_dir or Path("Results/SegOnCarvana"), real
 
+
+
+def compare_hint(output_dir, run_dir):
+    """What configcmp compares: every run of the folder once there are two, else this run and the next."""
+    runs = [path for path in Path(output_dir).iterdir() if path.is_dir()]
+    return f"{output_dir}/*" if len(runs) > 1 else f"{run_dir} <another run folder>"
 
 if __name__ == "__main__":
     main()

@@ -311,3 +311,12 @@ def test_too_few_samples_for_the_split_ask_for_more_data_not_an_impossible_ratio
     assert "ratio of at least" not in str(error.value)
     parts = split_by_group(range(3), {"val": 0.2, "test": 0.2}, seed=0)  # one each: possible
     assert sorted(len(part) for part in parts.values()) == [1, 1, 1]
+
+
+def test_the_demo_hint_to_compare_runs_works_after_a_single_run(tmp_path):
+    from demo import compare_hint
+    (tmp_path / "2026-12-03_10-00-00").mkdir()
+    assert compare_hint(tmp_path, tmp_path / "2026-12-03_10-00-00") == \
+        f"{tmp_path / '2026-12-03_10-00-00'} <another run folder>"  # a glob of one run: configcmp's usage error
+    (tmp_path / "2026-12-03_11-00-00").mkdir()
+    assert compare_hint(tmp_path, tmp_path / "2026-12-03_11-00-00") == f"{tmp_path}/*"
