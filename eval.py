@@ -9,9 +9,9 @@ Each evaluation writes its own folder, `<run>/eval/<split>[_<tag>]`: evaluating 
 `val` keeps both, and evaluating the same split again replaces its results only once the new
 evaluation has finished, keeping the earlier `--viz` pictures unless it draws its own (an explicit
 --save_path is written into as it is). It runs `evaluate()` (runner.py), the loop the trainer tests
-with, so its numbers equal the test metrics the trainer wrote for the same checkpoint and weights. A checkpoint with
-EMA weights (--ema_decay) is evaluated with them unless --weights raw is given; the trainer
-tested them only if its monitor was on them (val_ema/...). Hooks a task evaluator may
+with, so its numbers equal the test metrics the trainer wrote for the same checkpoint and weights. A
+checkpoint with EMA weights (--ema_decay) is evaluated with them unless --weights raw is given; the
+trainer tested them only if its monitor was on them (val_ema/...). Hooks a task evaluator may
 override:
 
     add_eval_arguments(parser)    classmethod: the evaluator's own options
@@ -32,13 +32,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cli.arguments import merge_options, task_parser
-from state.checkpoint import find_checkpoint, read_checkpoint, weights_of
-from utils.atomic import write_json_atomic
-from utils.errors import UserError, run_cli
 from cli.options import EVALUATION, add_flag, add_option, explicit_options, options_where, positive_int
 from runner import Runner
-from utils.signals import sigterm_as_exit
+from state.checkpoint import find_checkpoint, read_checkpoint, weights_of
 from state.run_folder import RunFolder
+from utils.atomic import write_json_atomic
+from utils.errors import UserError, run_cli
+from utils.signals import sigterm_as_exit
 
 
 class EvaluatorBase(Runner):
@@ -46,22 +46,25 @@ class EvaluatorBase(Runner):
 
     @classmethod
     def build_parser(cls):
-        parser = task_parser(cls.task_class, f"Evaluate a checkpoint of the {cls.task_class.name} task on a split of its run.")
+        parser = task_parser(cls.task_class,
+                             f"Evaluate a checkpoint of the {cls.task_class.name} task on a split of its run.")
         refused = cls.refused_options(parser)
         for action in parser._actions:
             if action.dest in refused:
                 action.help = argparse.SUPPRESS  # accepted by the parser only to be refused by name
         group = parser.add_argument_group("evaluation")
         add_option(group, "--save_path", rules=EVALUATION, type=Path, default=None,
-                           help="output folder (default <run folder>/eval/<split>[_<tag>])")
-        add_option(group, "--split", rules=EVALUATION, choices=("test", "val"), default="test", help="which part of the run's split")
+                   help="output folder (default <run folder>/eval/<split>[_<tag>])")
+        add_option(group, "--split", rules=EVALUATION, choices=("test", "val"), default="test",
+                   help="which part of the run's split")
         add_option(group, "--tag", rules=EVALUATION, type=_tag, default=None,
-                           help="a name for this evaluation, added to its folder's: <split>_<tag>")
+                   help="a name for this evaluation, added to its folder's: <split>_<tag>")
         add_option(group, "--weights", rules=EVALUATION, choices=("raw", "ema"), default=None,
-                           help="the trained weights or their average (--ema_decay); default: the average when the "
-                                "checkpoint has one")
+                   help="the trained weights or their average (--ema_decay); default: the average when the "
+                        "checkpoint has one")
         add_flag(group, "--viz", EVALUATION, help="write pictures of the predictions to <save_path>/viz")
-        add_option(group, "--n_snap", rules=EVALUATION, type=positive_int, default=10, help="with --viz: every N-th sample")
+        add_option(group, "--n_snap", rules=EVALUATION, type=positive_int, default=10,
+                   help="with --viz: every N-th sample")
         cls.add_eval_arguments(parser)
         return parser
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cli.options import EVALUATION, add_option
 from eval import EvaluatorBase
 from trainer_seg_on_carvana import SegOnCarvanaTask, car_probability
 from utils.atomic import atomic_open, write_json_atomic
-from cli.options import EVALUATION, add_option
 from utils.errors import UserError
 from utils.metrics import dice_iou_per_image
 from utils.rle import rle_encode
@@ -39,10 +39,10 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
     def add_eval_arguments(cls, parser):
         group = parser.add_argument_group("carvana evaluation")
         add_option(group, "--input_dir", rules=EVALUATION, type=Path, default=None,
-                           help="predict masks for the unlabelled images in this folder (e.g. Kaggle's test)")
+                   help="predict masks for the unlabelled images in this folder (e.g. Kaggle's test)")
         add_option(group, "--submission", rules=EVALUATION, type=Path, default=None,
-                           help="with --input_dir: the Kaggle CSV to write "
-                                "(default <run>/eval/predict[_<tag>]/submission.csv)")
+                   help="with --input_dir: the Kaggle CSV to write "
+                        "(default <run>/eval/predict[_<tag>]/submission.csv)")
 
     def __init__(self, argv):
         super().__init__(argv)

@@ -416,8 +416,8 @@ class TrainerBase(Runner):
         distributed.barrier()  # no rank exits (and gets the others killed) before rank 0 has saved
         self.write_metrics(Status.INTERRUPTED)
         launcher = f"torchrun --nproc_per_node {self.world_size} " if self.world_size > 1 else "python "
-        last = self.run.checkpoint_path("last")
-        self.log.warning(f"stopped by {stopped} {self.progress.where(self.args.n_epoch)}, step {self.progress.global_step}; "
+        last, progress = self.run.checkpoint_path("last"), self.progress
+        self.log.warning(f"stopped by {stopped} {progress.where(self.args.n_epoch)}, step {progress.global_step}; "
                          f"state saved to {last}. Resume with: {launcher}{sys.argv[0]} --resume {last}")
         raise SystemExit(128 + stopped.signum)
 

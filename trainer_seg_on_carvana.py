@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cli.options import PLACE, SHARED, SPLIT, TRAINING, add_flag, add_option, positive_int, ratio, unit_interval
 from task import TaskBase
 from trainer import TrainerBase
-from utils.metrics import binary_masks, dice_iou_per_image, foreground_probability, segmentation_metrics, segmentation_stats
-from cli.options import PLACE, SHARED, SPLIT, TRAINING, add_flag, add_option, positive_int, ratio, unit_interval
+from utils.metrics import (binary_masks, dice_iou_per_image, foreground_probability, segmentation_metrics,
+                           segmentation_stats)
 
 
 class SegOnCarvanaTask(TaskBase):
@@ -37,28 +38,37 @@ class SegOnCarvanaTask(TaskBase):
                             monitor_mode="max", n_epoch=20, batch_size=8, lr=1e-3, optim="adam")
         data = parser.add_argument_group("carvana data")
         add_option(data, "--img_size", rules=SHARED, type=positive_int, nargs=2, default=[320, 480], metavar=("H", "W"),
-                          help="height and width images and masks are resized to (masks by nearest neighbour)")
-        add_option(data, "--test_ratio", rules=SPLIT, type=ratio, default=0.1, help="fraction of the cars held out for testing")
+                   help="height and width images and masks are resized to (masks by nearest neighbour)")
+        add_option(data, "--test_ratio", rules=SPLIT, type=ratio, default=0.1,
+                   help="fraction of the cars held out for testing")
         add_option(data, "--cache", rules=PLACE, choices=("none", "memory", "disk"), default="memory",
-                          help="keep decoded, resized tensors in memory, or also in a file for later runs")
-        add_option(data, "--cache_dir", rules=PLACE, type=Path, default=None, help="folder of the disk cache (default <data_dir>/.cache)")
-        add_flag(data, "--skip_bad", SHARED, help="skip images without a mask or unreadable files (counted) instead of failing")
-        add_flag(data, "--augment", TRAINING, default=True, help="random horizontal flips and small shifts for training")
+                   help="keep decoded, resized tensors in memory, or also in a file for later runs")
+        add_option(data, "--cache_dir", rules=PLACE, type=Path, default=None,
+                   help="folder of the disk cache (default <data_dir>/.cache)")
+        add_flag(data, "--skip_bad", SHARED,
+                 help="skip images without a mask or unreadable files (counted) instead of failing")
+        add_flag(data, "--augment", TRAINING, default=True,
+                 help="random horizontal flips and small shifts for training")
         add_option(data, "--max_shift", rules=TRAINING, type=unit_interval, default=0.05,
-                          help="largest random shift, as a fraction of the image size")
+                   help="largest random shift, as a fraction of the image size")
 
         model = parser.add_argument_group("segmentation model")
         add_option(model, "--n_channels", rules=TRAINING, type=positive_int, default=3, help="input channels")
-        add_option(model, "--n_classes", rules=TRAINING, type=positive_int, default=1, help="1 for a sigmoid output, 2+ for softmax")
-        add_option(model, "--depth", rules=TRAINING, type=positive_int, default=4, help="number of down-sampling levels")
-        add_option(model, "--base_width", rules=TRAINING, type=positive_int, default=32, help="channels of the first level")
+        add_option(model, "--n_classes", rules=TRAINING, type=positive_int, default=1,
+                   help="1 for a sigmoid output, 2+ for softmax")
+        add_option(model, "--depth", rules=TRAINING, type=positive_int, default=4,
+                   help="number of down-sampling levels")
+        add_option(model, "--base_width", rules=TRAINING, type=positive_int, default=32,
+                   help="channels of the first level")
         add_flag(model, "--deep_supervision", TRAINING, help="UNet++: train every nested head (loss averaged)")
         add_option(model, "--loss", rules=TRAINING, choices=sorted(LOSSES), default="bce_dice", help="loss function")
-        add_option(model, "--threshold", rules=SHARED, type=unit_interval, default=0.5, help="probability above which a pixel is car")
-        add_option(model, "--n_viz", rules=TRAINING, type=positive_int, default=4, help="validation images shown in TensorBoard")
+        add_option(model, "--threshold", rules=SHARED, type=unit_interval, default=0.5,
+                   help="probability above which a pixel is car")
+        add_option(model, "--n_viz", rules=TRAINING, type=positive_int, default=4,
+                   help="validation images shown in TensorBoard")
         add_option(model, "--tta", rules=SHARED, choices=("none", "hflip"), default="none",
-                           help="test-time augmentation when evaluating: hflip averages the probabilities of "
-                                "each image and of its mirror image")
+                   help="test-time augmentation when evaluating: hflip averages the probabilities of "
+                        "each image and of its mirror image")
 
     def split_ratios(self):
         return {**super().split_ratios(), "test": self.args.test_ratio}

@@ -7,10 +7,10 @@ import sys
 
 import torch
 
+from cli.options import TRAINING, TRAINING_RESUMABLE, add_flag, add_option, unit_interval
 from task import TaskBase
 from trainer import TrainerBase
 from utils.metrics import classification_metrics, classification_stats, per_class_accuracy
-from cli.options import TRAINING, TRAINING_RESUMABLE, add_flag, add_option, unit_interval
 
 MEAN, STD = 0.2860, 0.3530  # FashionMNIST pixel statistics
 
@@ -28,8 +28,10 @@ class VanillaTask(TaskBase):
         parser.set_defaults(proj_name="Vanilla", monitor="val/accuracy", monitor_mode="max", n_epoch=10,
                             batch_size=64, lr=1e-3, optim="adam")
         group = parser.add_argument_group("vanilla task")
-        add_flag(group, "--download", TRAINING_RESUMABLE, help="download FashionMNIST into <data_dir>/FashionMNIST/raw first")
-        add_option(group, "--dropout", rules=TRAINING, type=unit_interval, default=0.2, help="dropout after each hidden layer")
+        add_flag(group, "--download", TRAINING_RESUMABLE,
+                 help="download FashionMNIST into <data_dir>/FashionMNIST/raw first")
+        add_option(group, "--dropout", rules=TRAINING, type=unit_interval, default=0.2,
+                   help="dropout after each hidden layer")
 
     def build_loss(self):
         return torch.nn.CrossEntropyLoss()

@@ -7,6 +7,7 @@ import time
 
 from measure import log, make_row, rates, synchronize
 from toolkit import close, train_set, train_turn, trainer_for_turns
+
 # In-process and sequential: a UNet step is long enough (tenths of a second) for start-up and
 # allocator effects not to matter. Contenders take turns epoch by epoch.
 UNET = {"full": {"cars": 6, "views": 8, "photo": (1280, 1918), "img_size": (128, 192), "base_width": 16,
@@ -30,6 +31,7 @@ def handwritten_unet(images, masks, base_width, seed, device):
     """A plain loop over preloaded tensors with the toolkit's UNet, Adam and bce+dice loss:
     returns run_epoch(epoch), which trains one epoch and returns its seconds."""
     import torch
+
     from loss.dice_loss import BCEDiceLoss
     from model.unet import UNet
 
@@ -57,6 +59,7 @@ def handwritten_unet(images, masks, base_width, seed, device):
 def unet_section(options, scratch):
     """Carvana UNet: the toolkit with its cache, and without, against a loop over preloaded tensors."""
     import torch
+
     from data.synthetic_carvana import write_carvana
 
     settings = UNET["quick" if options.quick else "full"]

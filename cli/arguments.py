@@ -4,12 +4,14 @@ import json
 import os
 from pathlib import Path
 
-from utils.errors import UserError
-from training.optimizers import OPTIMIZERS
-from cli.options import (PLACE, SHARED, SPLIT, TRAINING, TRAINING_RESUMABLE, Parser, add_flag, add_option, explicit_options, fraction, seed, options_where, undeclared_options, non_negative_float, non_negative_int, positive_float,
-                           positive_int, ratio)
-from training.schedules import SCHEDULERS, SCHEDULES_OVER_N_EPOCH
+from cli.options import (PLACE, SHARED, SPLIT, TRAINING, TRAINING_RESUMABLE, Parser, add_flag, add_option,
+                         explicit_options, fraction, non_negative_float, non_negative_int, options_where,
+                         positive_float, positive_int, ratio, seed, undeclared_options)
 from tracking.trackers import LOGGERS, check_installed, logger_names, mlflow_uri
+from training.optimizers import OPTIMIZERS
+from training.schedules import SCHEDULERS, SCHEDULES_OVER_N_EPOCH
+from utils.errors import UserError
+
 
 def task_parser(task_class, description=None):
     """The parser of a task's scripts: the base's options, offering the task's models and datasets, and the task's."""
@@ -21,62 +23,74 @@ def task_parser(task_class, description=None):
     task_class.add_arguments(parser)
     mistakes = undeclared_options(parser)
     if mistakes:
-        raise TypeError(f"{task_class.__name__}: options without rules, or defaults of no option: {', '.join(mistakes)}")
+        raise TypeError(f"{task_class.__name__}: options without rules, or defaults of no option: "
+                        f"{', '.join(mistakes)}")
     return parser
 
 
 def add_base_arguments(parser, model_types, data_types):
     """The base's argparse groups; `model_types` / `data_types` are the names the task offers."""
     run = parser.add_argument_group("run")
-    add_option(run, "--config", rules=TRAINING_RESUMABLE.but(sweep=False, in_files=False), type=Path, default=None, metavar="FILE",
-                     help="options from a .json/.yaml file (a run's config.json repeats that run); "
-                          "flags given on the command line override it")
-    add_option(run, "--print_config", rules=TRAINING_RESUMABLE.but(sweep=False, in_files=False), nargs="?", const="yaml", choices=("yaml", "json"), default=None,
-                     help="print the resolved options as a config file (yaml unless json is given) and exit")
-    add_option(run, "--proj_name", rules=TRAINING.but(sweep=False), default="Default", help="project name; runs go to <output_dir>")
+    add_option(run, "--config", rules=TRAINING_RESUMABLE.but(sweep=False, in_files=False), type=Path, default=None,
+               metavar="FILE",
+               help="options from a .json/.yaml file (a run's config.json repeats that run); "
+                    "flags given on the command line override it")
+    add_option(run, "--print_config", rules=TRAINING_RESUMABLE.but(sweep=False, in_files=False), nargs="?",
+               const="yaml", choices=("yaml", "json"), default=None,
+               help="print the resolved options as a config file (yaml unless json is given) and exit")
+    add_option(run, "--proj_name", rules=TRAINING.but(sweep=False), default="Default",
+               help="project name; runs go to <output_dir>")
     add_option(run, "--description", rules=TRAINING_RESUMABLE, default="", help="free text kept in config.json")
     add_option(run, "--seed", rules=SPLIT, type=seed, default=0, help="random seed (0 is a valid seed)")
-    add_flag(run, "--deterministic", SHARED, help="deterministic kernels (slower); with a fixed seed, a run repeats exactly")
-    add_option(run, "--output_dir", rules=TRAINING_RESUMABLE.but(sweep=False), type=Path, default=None, help="where run folders go (default Results/<proj_name>)")
+    add_flag(run, "--deterministic", SHARED,
+             help="deterministic kernels (slower); with a fixed seed, a run repeats exactly")
+    add_option(run, "--output_dir", rules=TRAINING_RESUMABLE.but(sweep=False), type=Path, default=None,
+               help="where run folders go (default Results/<proj_name>)")
     add_option(run, "--log_every_n_steps", rules=TRAINING_RESUMABLE, type=positive_int, default=50,
-                     help="log the training loss to the console and TensorBoard every N optimizer steps")
+               help="log the training loss to the console and TensorBoard every N optimizer steps")
     add_flag(run, "--debug", PLACE, help="show full tracebacks for user errors")
-    add_flag(run, "--log_graph", TRAINING_RESUMABLE, default=True, help="write the model's graph to TensorBoard's Graphs tab")
+    add_flag(run, "--log_graph", TRAINING_RESUMABLE, default=True,
+             help="write the model's graph to TensorBoard's Graphs tab")
     add_option(run, "--logger", rules=TRAINING, type=logger_names, default=["tensorboard"], metavar="NAMES",
-                     help=f"where scalars go, comma-separated: {', '.join(LOGGERS)} (csv: metrics.csv in the run "
-                          "folder; mlflow and wandb need their packages) (default: tensorboard)")
+               help=f"where scalars go, comma-separated: {', '.join(LOGGERS)} (csv: metrics.csv in the run "
+                    "folder; mlflow and wandb need their packages) (default: tensorboard)")
     add_option(run, "--mlflow_uri", rules=TRAINING, type=mlflow_uri, default=None, metavar="URI",
-                     help="with --logger mlflow: the tracking URI or a local folder (default: $MLFLOW_TRACKING_URI, "
-                          "else ./mlruns, a file store)")
+               help="with --logger mlflow: the tracking URI or a local folder (default: $MLFLOW_TRACKING_URI, "
+                    "else ./mlruns, a file store)")
 
     debug = parser.add_argument_group("debug runs")
-    add_option(debug, "--fast_dev_run", rules=TRAINING.but(sweep=False), type=non_negative_int, nargs="?", const=2, default=0, metavar="N",
-                       help="N batches (2 if N is left out) of train, val and test, one epoch, through every step "
-                            "of a real run, in a folder named <timestamp>_fast_dev_run (0 = off)")
+    add_option(debug, "--fast_dev_run", rules=TRAINING.but(sweep=False), type=non_negative_int, nargs="?", const=2,
+               default=0, metavar="N",
+               help="N batches (2 if N is left out) of train, val and test, one epoch, through every step "
+                    "of a real run, in a folder named <timestamp>_fast_dev_run (0 = off)")
     add_option(debug, "--overfit_batches", rules=TRAINING, type=non_negative_int, default=0, metavar="N",
-                       help="train and validate on the same N training batches: the loss should fall towards "
-                            "zero, the first check of a new model or loss (0 = off)")
+               help="train and validate on the same N training batches: the loss should fall towards "
+                    "zero, the first check of a new model or loss (0 = off)")
 
     data = parser.add_argument_group("data")
     add_option(data, "--data_type", rules=SPLIT, choices=data_types, default=data_types[0], help="dataset")
     add_option(data, "--data_dir", rules=PLACE, type=Path, default=Path("Dataset"), help="dataset folder")
     add_option(data, "--train_val_sample_rate", rules=SPLIT, type=fraction, default=1.0,
-                      help="seeded fraction of the train+val pool to use, for quick runs")
+               help="seeded fraction of the train+val pool to use, for quick runs")
     add_option(data, "--test_sample_rate", rules=SPLIT, type=fraction, default=1.0,
-                      help="seeded fraction of the test set to use, for quick runs")
-    add_option(data, "--val_ratio", rules=SPLIT, type=ratio, default=0.1, help="fraction of the pool held out for validation")
-    add_option(data, "--batch_size", rules=SHARED, type=positive_int, default=64, help="samples per batch (per process)")
+               help="seeded fraction of the test set to use, for quick runs")
+    add_option(data, "--val_ratio", rules=SPLIT, type=ratio, default=0.1,
+               help="fraction of the pool held out for validation")
+    add_option(data, "--batch_size", rules=SHARED, type=positive_int, default=64,
+               help="samples per batch (per process)")
     add_option(data, "--eval_batch_size", rules=SHARED, type=positive_int, default=None,
-                      help="batch size for validation and test (default: --batch_size)")
+               help="batch size for validation and test (default: --batch_size)")
     add_option(data, "--num_workers", rules=PLACE, type=non_negative_int, default=0,
-                      help="DataLoader workers for datasets read from files (in-memory data needs none)")
+               help="DataLoader workers for datasets read from files (in-memory data needs none)")
     add_flag(data, "--pin_memory", PLACE, default=True, help="pinned host memory for faster copies to the GPU")
 
     model = parser.add_argument_group("model")
     add_option(model, "--model_type", rules=TRAINING, choices=model_types, default=model_types[0], help="network")
-    add_option(model, "--model_path", rules=PLACE.but(sweep=False), type=Path, default=None, help="checkpoint with initial weights (with --pretrained)")
+    add_option(model, "--model_path", rules=PLACE.but(sweep=False), type=Path, default=None,
+               help="checkpoint with initial weights (with --pretrained)")
     add_flag(model, "--pretrained", TRAINING_RESUMABLE, help="start from the weights in --model_path")
-    add_flag(model, "--partial_load", TRAINING_RESUMABLE, help="load only the weights that fit, logging what was skipped")
+    add_flag(model, "--partial_load", TRAINING_RESUMABLE,
+             help="load only the weights that fit, logging what was skipped")
 
     optim = parser.add_argument_group("optimization")
     add_option(optim, "--n_epoch", rules=TRAINING_RESUMABLE, type=positive_int, default=10, help="number of epochs")
@@ -85,70 +99,81 @@ def add_base_arguments(parser, model_types, data_types):
     add_option(optim, "--weight_decay", rules=TRAINING, type=non_negative_float, default=0.0, help="weight decay")
     add_option(optim, "--momentum", rules=TRAINING, type=non_negative_float, default=0.9, help="momentum (sgd)")
     add_option(optim, "--lr_scheduler", rules=TRAINING, choices=SCHEDULERS, default="none",
-                       help="lr schedule; plateau decays on the --monitor metric, per epoch")
+               help="lr schedule; plateau decays on the --monitor metric, per epoch")
     add_option(optim, "--lr_interval", rules=TRAINING, choices=("step", "epoch"), default=None,
-                       help="advance the schedule every optimizer step or every epoch "
-                            "(default: step for cosine, linear and onecycle, epoch for the others)")
+               help="advance the schedule every optimizer step or every epoch "
+                    "(default: step for cosine, linear and onecycle, epoch for the others)")
     add_option(optim, "--min_lr", rules=TRAINING, type=non_negative_float, default=0.0,
-                       help="the lr cosine, linear and onecycle end at")
-    add_option(optim, "--warmup_epoch", rules=TRAINING, type=non_negative_int, default=0, help="epochs of linear lr warm-up")
+               help="the lr cosine, linear and onecycle end at")
+    add_option(optim, "--warmup_epoch", rules=TRAINING, type=non_negative_int, default=0,
+               help="epochs of linear lr warm-up")
     add_option(optim, "--warmup_steps", rules=TRAINING, type=non_negative_int, default=0,
-                       help="optimizer steps of linear lr warm-up (with --lr_interval step; instead of --warmup_epoch)")
+               help="optimizer steps of linear lr warm-up (with --lr_interval step; instead of --warmup_epoch)")
     add_option(optim, "--lr_decay_epochs", rules=TRAINING, type=positive_int, nargs="+", default=[30],
-                       help="step: decay every N epochs (first value); multistep: the milestones")
-    add_option(optim, "--lr_decay_rate", rules=TRAINING, type=positive_float, default=0.1, help="lr multiplier at each decay")
+               help="step: decay every N epochs (first value); multistep: the milestones")
+    add_option(optim, "--lr_decay_rate", rules=TRAINING, type=positive_float, default=0.1,
+               help="lr multiplier at each decay")
     add_option(optim, "--plateau_patience", rules=TRAINING, type=non_negative_int, default=5,
-                       help="plateau: epochs without improvement before the lr decays")
-    add_option(optim, "--clip", rules=TRAINING, type=non_negative_float, default=0.0, help="gradient clipping threshold (0 = off)")
+               help="plateau: epochs without improvement before the lr decays")
+    add_option(optim, "--clip", rules=TRAINING, type=non_negative_float, default=0.0,
+               help="gradient clipping threshold (0 = off)")
     add_option(optim, "--clip_mode", rules=TRAINING, choices=("norm", "value"), default="norm",
-                       help="clip the global gradient norm, or each gradient value")
+               help="clip the global gradient norm, or each gradient value")
     add_option(optim, "--accum_steps", rules=TRAINING, type=positive_int, default=1,
-                       help="micro-batches per optimizer step; the loss is scaled so K batches of B equal one of K*B")
-    add_flag(optim, "--skip_nonfinite", TRAINING, help="skip batches whose loss is NaN/inf (counted) instead of stopping")
+               help="micro-batches per optimizer step; the loss is scaled so K batches of B equal one of K*B")
+    add_flag(optim, "--skip_nonfinite", TRAINING,
+             help="skip batches whose loss is NaN/inf (counted) instead of stopping")
     add_option(optim, "--ema_decay", rules=TRAINING, type=ratio, default=0.0,
-                       help="average of the weights, updated every optimizer step, validated as val_ema/* "
-                            "(0 = off; typical 0.999 to 0.9999)")
+               help="average of the weights, updated every optimizer step, validated as val_ema/* "
+                    "(0 = off; typical 0.999 to 0.9999)")
     add_flag(optim, "--ema_warmup", TRAINING, default=True,
-             help="with --ema_decay: decay min(D, (1+t)/(10+t)) at update t, so early averages forget the initialisation")
+             help="with --ema_decay: decay min(D, (1+t)/(10+t)) at update t, so early averages forget the "
+                  "initialisation")
     add_option(optim, "--ema_every_n_steps", rules=TRAINING, type=positive_int, default=1,
                help="with --ema_decay: update the average every N optimizer steps, with the decay of the N steps "
                     "it stands for, so it spans the same samples at 1/N of the cost")
 
     finder = parser.add_argument_group("learning-rate range test")
-    add_flag(finder, "--lr_find", TRAINING_RESUMABLE.but(sweep=False), help="before training, the lr range test: lr_find.png and .csv in the run folder, "
-                                       "the suggested lr in the log; no training unless --lr_find_apply")
-    add_flag(finder, "--lr_find_apply", TRAINING_RESUMABLE, help="with --lr_find: train with the suggested lr (kept as --lr in config.json)")
-    add_option(finder, "--lr_find_min", rules=TRAINING_RESUMABLE, type=positive_float, default=1e-7, help="the test's first lr")
-    add_option(finder, "--lr_find_max", rules=TRAINING_RESUMABLE, type=positive_float, default=10.0, help="the test's last lr")
-    add_option(finder, "--lr_find_steps", rules=TRAINING_RESUMABLE, type=positive_int, default=200, help="optimizer steps of the test")
+    add_flag(finder, "--lr_find", TRAINING_RESUMABLE.but(sweep=False),
+             help="before training, the lr range test: lr_find.png and .csv in the run folder, "
+             "the suggested lr in the log; no training unless --lr_find_apply")
+    add_flag(finder, "--lr_find_apply", TRAINING_RESUMABLE,
+             help="with --lr_find: train with the suggested lr (kept as --lr in config.json)")
+    add_option(finder, "--lr_find_min", rules=TRAINING_RESUMABLE, type=positive_float, default=1e-7,
+               help="the test's first lr")
+    add_option(finder, "--lr_find_max", rules=TRAINING_RESUMABLE, type=positive_float, default=10.0,
+               help="the test's last lr")
+    add_option(finder, "--lr_find_steps", rules=TRAINING_RESUMABLE, type=positive_int, default=200,
+               help="optimizer steps of the test")
 
     select = parser.add_argument_group("checkpoints and early stopping")
     add_option(select, "--monitor", rules=TRAINING.but(sweep=False), default="val/loss",
-                        help="metric for the best checkpoint AND early stopping, as <phase>/<metric>")
-    add_option(select, "--monitor_mode", rules=TRAINING.but(sweep=False), choices=("min", "max"), default="min", help="whether lower or higher is better")
+               help="metric for the best checkpoint AND early stopping, as <phase>/<metric>")
+    add_option(select, "--monitor_mode", rules=TRAINING.but(sweep=False), choices=("min", "max"), default="min",
+               help="whether lower or higher is better")
     add_option(select, "--early_stop_patience", rules=TRAINING, type=non_negative_int, default=0,
-                        help="stop after N epochs without improvement (0 = off)")
+               help="stop after N epochs without improvement (0 = off)")
     add_option(select, "--early_stop_delta", rules=TRAINING, type=non_negative_float, default=0.0,
-                        help="smallest change that counts as an improvement")
+               help="smallest change that counts as an improvement")
     add_option(select, "--save_top_k", rules=TRAINING, type=non_negative_int, default=0,
-                        help="also keep the K best epochs' checkpoints by --monitor, as "
-                             "<model_type>_epoch<N>_<metric><value>.pth (0 = off)")
+               help="also keep the K best epochs' checkpoints by --monitor, as "
+                    "<model_type>_epoch<N>_<metric><value>.pth (0 = off)")
     add_option(select, "--save_every_n_steps", rules=TRAINING_RESUMABLE, type=non_negative_int, default=0,
-                        help="also save the full state every N optimizer steps, for mid-epoch resume (0 = off)")
+               help="also save the full state every N optimizer steps, for mid-epoch resume (0 = off)")
     add_option(select, "--resume", rules=TRAINING_RESUMABLE.but(sweep=False, in_files=False), type=Path, default=None,
-                        help="checkpoint or run folder to continue, in the same folder")
+               help="checkpoint or run folder to continue, in the same folder")
 
     scale = parser.add_argument_group("devices and speed")
     add_option(scale, "--gpu_devices", rules=PLACE, nargs="+", default=None,
-                       help="GPU ids to use, or 'cpu' (default: first GPU if there is one, else CPU)")
+               help="GPU ids to use, or 'cpu' (default: first GPU if there is one, else CPU)")
     add_flag(scale, "--parallel", SHARED, help="DataParallel over --gpu_devices (legacy; prefer torchrun for DDP)")
     add_flag(scale, "--sync_bn", TRAINING, help="synchronise BatchNorm statistics across DDP processes")
     add_flag(scale, "--amp", SHARED, help="automatic mixed precision")
     add_option(scale, "--amp_dtype", rules=SHARED, choices=("bf16", "fp16"), default="bf16",
-                       help="autocast dtype; fp16 adds a checkpointed GradScaler")
+               help="autocast dtype; fp16 adds a checkpointed GradScaler")
     add_flag(scale, "--compile", PLACE, help="torch.compile the model")
     add_option(scale, "--compile_backend", rules=PLACE, default="inductor",
-                       help="torch.compile backend (inductor needs a C++ compiler on the CPU; eager for debugging)")
+               help="torch.compile backend (inductor needs a C++ compiler on the CPU; eager for debugging)")
     add_flag(scale, "--channels_last", SHARED, help="channels_last memory layout (conv nets)")
 
 

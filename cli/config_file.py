@@ -11,8 +11,8 @@ import difflib
 import json
 from pathlib import Path
 
-from utils.errors import UserError
 from cli.options import options_where, parse_bool
+from utils.errors import UserError
 
 SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -68,7 +68,8 @@ def _load(path):
     except OSError as error:
         raise UserError(f"--config {path}: cannot read it ({error.strerror or error})") from None
     except UnicodeDecodeError as error:
-        raise UserError(f"--config {path}: not a UTF-8 text file (byte {error.start} is {error.object[error.start]:#04x})") from None
+        raise UserError(f"--config {path}: not a UTF-8 text file (byte {error.start} is "
+                        f"{error.object[error.start]:#04x})") from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils.errors import UserError, run_cli
 from cli.options import Parser, non_negative_int, positive_int
+from utils.errors import UserError, run_cli
 
 MASK_FORMATS = ("palette", "L")
 

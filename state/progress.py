@@ -4,8 +4,8 @@ and, when a callback ended training early, why.
 One object, created with the trainer, saved and restored through one `state_dict`, so that no
 part of the progress can be restored without the rest.
 """
-from state.monitor import Monitor
 from state.metric_sums import MetricSums
+from state.monitor import Monitor
 
 
 class TrainingProgress:

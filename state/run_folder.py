@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
+from tracking.trackers import Writer, open_trackers
 from utils import distributed
 from utils.atomic import save_atomic, write_json_atomic
 from utils.errors import UserError
 from utils.timestamp import make_run_dir
-from tracking.trackers import Writer, open_trackers
 
 
 class RunFolder:

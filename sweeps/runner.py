@@ -11,12 +11,11 @@ import threading
 import time
 from pathlib import Path
 
+from state.status import Status
 from sweeps import locks
 from sweeps.link import ENVIRONMENT
 from sweeps.space import as_argument
 from sweeps.table import read_metrics
-from state.status import Status
-
 
 
 class Sweep:

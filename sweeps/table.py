@@ -46,8 +46,9 @@ def trial_table(study, params):
 def show_table(study, params, folder):
     """Print the table and write it to trials.csv (atomically)."""
     import csv
-    from utils.atomic import atomic_open
+
     from cli.configcmp import format_table, format_value
+    from utils.atomic import atomic_open
     header, rows = trial_table(study, params)
     print(format_table(header, [["-" if value is None else value if isinstance(value, str) else format_value(value)
                                  for value in row] for row in rows]))

@@ -6,8 +6,8 @@ import signal
 import pytest
 
 from helpers import ROOT, load_plain, read_json, refused, run_dirs, train_vanilla
-from training.callbacks import Callback
 from trainer_vanilla import VanillaTrainer
+from training.callbacks import Callback
 
 FLAGS = ["--n_epoch", "2", "--train_val_sample_rate", "0.4", "--test_sample_rate", "0.25", "--dropout", "0.2"]
 

@@ -62,6 +62,7 @@ class MlflowTracker:
 
     def send(self, scalars):
         import time
+
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         metrics = [Metric(tag, value, now, step) for tag, step, value in scalars]

@@ -15,14 +15,12 @@ import csv
 import math
 import signal
 
-
-
-from utils import distributed
-from utils.atomic import atomic_open
 from cli.arguments import check_schedule
-from utils.errors import UserError
 from state.status import Status
 from training.optimization import Optimization
+from utils import distributed
+from utils.atomic import atomic_open
+from utils.errors import UserError
 from utils.seed import get_rng_state, set_rng_state
 
 SMOOTHING = 0.98  # the loss curve is an exponential average of the batch losses, bias-corrected
