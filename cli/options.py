@@ -48,9 +48,9 @@ def options_where(parser, rule):
 
 def undeclared_options(parser):
     """Options without rules, and defaults set for options that do not exist: both are mistakes."""
-    declared = {action.dest for action in parser._actions}
-    return sorted({action.dest for action in parser._actions
-                   if action.dest != "help" and not hasattr(action, "rules")} | set(parser._defaults) - declared)
+    without_rules = {action.dest for action in parser._actions if action.dest != "help" and not hasattr(action, "rules")}
+    of_no_option = set(parser._defaults) - {action.dest for action in parser._actions}
+    return sorted(without_rules | of_no_option)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
