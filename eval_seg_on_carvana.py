@@ -124,7 +124,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
         except OSError as error:
             raise UserError(f"cannot create the output folder for {submission}: {error.strerror or error}") from None
         partial = submission.with_name(submission.name + ".partial")
-        listing = CarvanaImages(args.input_dir, args.img_size, skip_bad=args.skip_bad, log=self.log.warning)
+        listing = CarvanaImages(args.input_dir, args.img_size, skip_bad=args.skip_bad, log=self.log)
         made_by = self.made_by()
         done = continued_rows(partial, [path.name for path in listing.all_paths], made_by)
         images = listing.starting_at(done)

@@ -54,7 +54,7 @@ class TaskBase:
     # ------------------------------------------------------------------ hooks
     def build_datasets(self):
         from data.data_entry import build_datasets
-        return build_datasets(self.args, log=self.log.info)
+        return build_datasets(self.args, log=self.log)
 
     def split_ratios(self):
         return {"val": self.args.val_ratio}

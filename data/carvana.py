@@ -17,6 +17,7 @@ everything up front and can skip it. The disk cache is matched by file names and
 delete the cache file after editing images in place. The cache itself is data/carvana_cache.py.
 """
 import copy
+import logging
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from torch.utils.data import Dataset
 from data.carvana_cache import DiskCache, decode_pairs
 from utils.errors import UserError
 
+LOG = logging.getLogger("torch_template")  # the run's logger (utils/logger.py)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIXES = ("_mask.gif", "_mask.png")
 CACHE_MODES = ("none", "memory", "disk")
@@ -128,12 +130,12 @@ class CarvanaDataset(Dataset):
     much faster than a DataLoader collating single items.
 
     skip_bad=True skips images without a mask, unreadable files and masks whose size differs
-    from their image's, with a warning through `log`, and lists their names in `skipped`;
-    otherwise they raise UserError.
+    from their image's, with a warning through `log` (a logging.Logger), and lists their names in
+    `skipped`; otherwise they raise UserError.
     """
 
     def __init__(self, root, img_size=(320, 480), cache="none", cache_dir=None, skip_bad=False,
-                 num_workers=0, log=print):
+                 num_workers=0, log=LOG):
         self.root = Path(root)
         self.img_size = _checked_img_size(img_size)
         if cache not in CACHE_MODES:
@@ -184,7 +186,7 @@ class CarvanaDataset(Dataset):
         """
         if not self.skip_bad:
             raise UserError(message)
-        self.log(f"warning: skipping {self.names[index]}: {message}")
+        self.log.warning(f"skipping {self.names[index]}: {message}")
         self.skipped.append(self.names[index])
         if unreadable:
             self.unreadable.append(self.names[index])
@@ -258,7 +260,7 @@ class CarvanaDataset(Dataset):
             self._require_some_left()
         height, width = self.img_size
         megabytes = (self.images.numel() + self.masks.numel()) / 1e6
-        self.log(f"cached {len(self.names)} Carvana images at {height}x{width} "
+        self.log.info(f"cached {len(self.names)} Carvana images at {height}x{width} "
                  f"({megabytes:.1f} MB) in {time.perf_counter() - started:.1f} s")
 
     def _load_cache(self):
@@ -274,7 +276,7 @@ class CarvanaDataset(Dataset):
         self._keep([name in kept for name in self.names])
         self.images = cached["images"]
         self.masks = cached["masks"]
-        self.log(f"loaded {len(self.names)} Carvana images from {self.cache_path}")
+        self.log.info(f"loaded {len(self.names)} Carvana images from {self.cache_path}")
         return True
 
 
@@ -282,7 +284,7 @@ class CarvanaImages(Dataset):
     """Unlabelled images for prediction, such as Kaggle's test folder (100,064 photos).
 
     Every file in `input_dir` is an image (.jpg/.jpeg/.png); hidden files (names starting with a
-    dot) are left out. Another file is an error, or with `skip_bad` a warning through `log` and
+    dot) are left out. Another file is an error, or with `skip_bad` a warning through `log` (a Logger) and
     no row. Items are {"image": uint8 [3, H, W] at img_size, "readable": bool, "size": the
     original (height, width)}: an image that cannot be decoded comes as zeros (size too) with
     readable False, for the predictor to report or to give an empty mask. `size` and `names` let
@@ -290,7 +292,7 @@ class CarvanaImages(Dataset):
     the first n images (a prediction continued).
     """
 
-    def __init__(self, input_dir, img_size, skip_bad=False, log=print):
+    def __init__(self, input_dir, img_size, skip_bad=False, log=LOG):
         self.input_dir = Path(input_dir)
         self.img_size = _checked_img_size(img_size)
         if not self.input_dir.is_dir():
@@ -301,7 +303,7 @@ class CarvanaImages(Dataset):
             raise UserError(f"{others[0]} is not an image (expected .jpg, .jpeg or .png; {len(others)} such file(s) "
                             f"in {self.input_dir}); move them out, or pass --skip_bad to leave them out")
         if others:
-            log(f"warning: left out {len(others)} file(s) that are not images, first {others[0].name}")
+            log.warning(f"left out {len(others)} file(s) that are not images, first {others[0].name}")
         self.skipped_files = [path.name for path in others]
         self.all_paths = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
         if not self.all_paths:

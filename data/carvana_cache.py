@@ -86,7 +86,7 @@ class DiskCache:
             pid = stale.name[len(self.path.name) + 2:-len(".tmp")]
             if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
                 stale.unlink(missing_ok=True)
-                self.log(f"removed {stale}, left by a cache write that was killed")
+                self.log.warning(f"removed {stale}, left by a cache write that was killed")
 
     def load(self, names, skip_bad):
         """The stored dict if it was built from the images `names` at this size, else None.
@@ -100,11 +100,11 @@ class DiskCache:
         try:
             cached = torch.load(self.path, weights_only=True)
         except Exception as error:  # any unreadable cache is rebuilt, never trusted
-            self.log(f"rebuilding {self.path}: cannot read it ({error})")
+            self.log.warning(f"rebuilding {self.path}: cannot read it ({error})")
             return None
         reason = self.mismatch(cached, names, skip_bad)
         if reason:
-            self.log(f"rebuilding {self.path}: {reason}")
+            self.log.info(f"rebuilding {self.path}: {reason}")
             return None
         return cached
 
@@ -151,7 +151,7 @@ class DiskCache:
         except BaseException:
             temporary_path.unlink(missing_ok=True)
             raise
-        self.log(f"wrote {self.path}")
+        self.log.info(f"wrote {self.path}")
 
 
 def process_alive(pid):

@@ -1,12 +1,13 @@
 """Datasets by name. Each entry returns `(pool, test_pool)` from the parsed options: training and
 validation are split from `pool`; `test_pool` is the official test set, or None when the test
-set is carved from the pool. The CLI's choices come from here."""
+set is carved from the pool. The CLI's choices come from here. `log` is the run's logging.Logger."""
+import logging
 
 
 def _fashion_mnist(args, log):
     from data.fashion_mnist import FashionMNIST, download
     if args.download:
-        download(args.data_dir, log=log)
+        download(args.data_dir, log=log.info)
     return FashionMNIST(args.data_dir, train=True), FashionMNIST(args.data_dir, train=False)
 
 
@@ -23,5 +24,5 @@ DATASETS = {
 }
 
 
-def build_datasets(args, log=print):
+def build_datasets(args, log=logging.getLogger("torch_template")):
     return DATASETS[args.data_type](args, log)

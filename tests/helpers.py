@@ -181,3 +181,17 @@ def wandb_history(run_dir):
                     summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
         runs.append((run_id, rows, summary))
     return runs
+
+
+class Messages(list):
+    """Collects log lines as a logging.Logger would take them, so a test can check what was reported;
+    warnings start with "WARNING", as in a run's log."""
+
+    def info(self, message):
+        self.append(message)
+
+    def warning(self, message):
+        self.append(f"WARNING {message}")
+
+    def mention(self, text):
+        return any(text in message for message in self)

@@ -7,19 +7,10 @@ from PIL import Image
 
 from data.carvana import CarvanaDataset, CarvanaImages, load_mask
 from data.synthetic_carvana import write_carvana
+from helpers import Messages
 from utils.errors import UserError
 
 SIZE = (32, 48)
-
-
-class Messages(list):
-    """Collects log lines so a test can check what the dataset reported."""
-
-    def __call__(self, message):
-        self.append(message)
-
-    def mention(self, text):
-        return any(text in message for message in self)
 
 
 @pytest.fixture
@@ -263,8 +254,8 @@ def test_carvana_images_report_other_files_and_undecodable_images(tmp_path):
     (folder / "notes.txt").write_text("not an image")
     with pytest.raises(UserError, match="notes.txt is not an image"):
         CarvanaImages(folder, img_size=(8, 12))
-    messages = []
-    images = CarvanaImages(folder, img_size=(8, 12), skip_bad=True, log=messages.append)
+    messages = Messages()
+    images = CarvanaImages(folder, img_size=(8, 12), skip_bad=True, log=messages)
     assert images.names == ["a_01.jpg", "b_01.jpg"] and images.skipped_files == ["notes.txt"]
     assert any("notes.txt" in message for message in messages)
     broken = images[1]
@@ -298,5 +289,5 @@ def test_reading_the_data_leaves_the_global_random_state_alone(tmp_path, cache):
     root = write_carvana(tmp_path / "data", n_cars=2, views=2, size=SIZE, seed=3)
     torch.manual_seed(5)
     before = torch.get_rng_state()
-    CarvanaDataset(root, img_size=SIZE, cache=cache, log=lambda message: None)
+    CarvanaDataset(root, img_size=SIZE, cache=cache, log=Messages())
     assert torch.equal(torch.get_rng_state(), before)

@@ -1,5 +1,6 @@
 """End to end: UNet and UNet++ learn Carvana-format data, split by car; the evaluator agrees."""
 import csv
+import shutil
 
 import numpy as np
 import pytest
@@ -98,6 +99,19 @@ def test_missing_mask_names_the_file(carvana_dir, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert missing in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_skipped_file_is_a_warning_line_of_the_log(carvana_dir, tmp_path):
+    """One level per kind of message: a skipped file is logged at WARNING, not as "INFO warning:"."""
+    folder = tmp_path / "broken"
+    shutil.copytree(carvana_dir, folder)
+    missing = sorted((folder / "train_masks").iterdir())[0]
+    missing.unlink()
+    run = train_seg(folder, tmp_path / "out", "--skip_bad", "--fast_dev_run", "--n_epoch", "1")
+    lines = (run / "log.txt").read_text().splitlines()
+    skipped = [line for line in lines if missing.name.replace("_mask.gif", "") in line]
+    assert skipped and all(" WARNING skipping " in line for line in skipped), skipped
+    assert not [line for line in lines if " INFO warning" in line or " WARNING warning" in line]
 
 
 def test_the_cache_does_not_change_the_results(carvana_dir, tmp_path):

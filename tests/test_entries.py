@@ -6,6 +6,7 @@ import torch
 
 from data.data_entry import DATASETS, build_datasets
 from data.synthetic_fashion_mnist import write_fashion_mnist
+from helpers import Messages
 from model.model_entry import MODELS, build_model
 
 
@@ -30,5 +31,5 @@ def test_dataset_selector(tmp_path):
     assert {"FashionMNIST", "Carvana"} <= set(DATASETS)
     write_fashion_mnist(tmp_path, n_train=30, n_test=10)
     args = argparse.Namespace(data_type="FashionMNIST", data_dir=tmp_path, download=False)
-    pool, test_pool = build_datasets(args, log=lambda message: None)
+    pool, test_pool = build_datasets(args, log=Messages())
     assert (len(pool), len(test_pool)) == (30, 10)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import ROOT, forwarding, read_json, refused, run_dirs, train_vanilla
+from helpers import ROOT, Messages, forwarding, read_json, refused, run_dirs, train_vanilla
 from trainer_vanilla import VanillaTrainer
 
 FLAGS = ["--n_epoch", "2", "--train_val_sample_rate", "0.4", "--test_sample_rate", "0.25"]
@@ -111,9 +111,9 @@ def test_a_cache_write_killed_midway_leaves_no_file_behind_after_the_next_run(tm
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     running = cache / f".carvana_16x24.pt.{alive.pid}.tmp"  # another run's write in progress stays
     running.write_bytes(b"\0")
-    messages = []
+    messages = Messages()
     try:
-        CarvanaDataset(root, img_size=(16, 24), cache="disk", cache_dir=cache, log=messages.append)
+        CarvanaDataset(root, img_size=(16, 24), cache="disk", cache_dir=cache, log=messages)
     finally:
         alive.kill()
         alive.wait()

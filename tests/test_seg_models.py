@@ -3,6 +3,7 @@ import torch
 
 from data.carvana import CarvanaDataset
 from data.synthetic_carvana import write_carvana
+from helpers import Messages
 from loss.dice_loss import BCEDiceLoss
 from model.unet import UNet
 from model.unetpp import UNetPlusPlus
@@ -52,7 +53,7 @@ def test_invalid_architecture_raises(model_class, argument):
 def test_unet_overfits_two_synthetic_images(tmp_path):
     torch.manual_seed(0)
     root = write_carvana(tmp_path / "carvana", n_cars=1, views=2, size=(32, 48))
-    dataset = CarvanaDataset(root, img_size=(32, 48), cache="memory", log=lambda message: None)
+    dataset = CarvanaDataset(root, img_size=(32, 48), cache="memory", log=Messages())
     images, masks = dataset.get_batch(torch.arange(len(dataset)))
     images = images.float() / 255
 
