@@ -159,7 +159,7 @@ class TrainerBase(Runner):
                 if schedule.per_step:
                     schedule.set_position(epoch, progress.global_step)
                 if progress.global_step % args.log_every_n_steps == 0:
-                    self.log_step(interval, lr, index, n_batches, bar, started)
+                    self.log_step(interval, lr, n_batches, bar, started)
                     interval = []
                 self.after_step()
         totals = progress.epoch_sums.reduced(self.device)
@@ -257,7 +257,7 @@ class TrainerBase(Runner):
         return inputs
 
     def setup_optimization(self):
-        steps_per_epoch = -(-len(self.loaders["train"].sampler) // self.args.accum_steps)
+        steps_per_epoch = -(-self.n_batches // self.args.accum_steps)
         self.optimization = Optimization(self.model.parameters(), self.args, self.device.type, steps_per_epoch)
 
     def open_run_folder(self):
@@ -277,10 +277,7 @@ class TrainerBase(Runner):
             seed_process_streams(self.args.seed, self.rank)
         else:
             set_rng_state(checkpoint["rng"][self.rank])
-            progress = self.progress
-            where = ("after its last epoch, to run the test" if progress.is_finished(self.args.n_epoch) else
-                     f"at epoch {progress.epoch + 1}, batch {progress.batches_done}")
-            self.log.info(f"resumed from {self.args.resume} {where}, global step {progress.global_step}")
+            self.log.info(f"resumed from {self.args.resume} {self.progress.where(self.args.n_epoch, self.n_batches)}")
         self.log.info(f"run folder {run.path} on {self.device}"
                       + (f" x{self.world_size} processes" if self.world_size > 1 else ""))
 
@@ -386,6 +383,10 @@ class TrainerBase(Runner):
         return super().progress_bar(loader, phase + epoch, initial)
 
     @property
+    def n_batches(self):  # of an epoch, on this process
+        return len(self.loaders["train"].sampler)
+
+    @property
     def writer(self):
         return self.run.writer if self.run is not None else None
 
@@ -393,7 +394,7 @@ class TrainerBase(Runner):
         if indices[0] == 0 and self.writer is not None:  # the first batch, on the rank that writes
             self.task.visualize(self.writer, self.progress.epoch + 1, batch, outputs)
 
-    def log_step(self, losses, lr, batch_number, n_batches, bar, started):
+    def log_step(self, losses, lr, n_batches, bar, started):
         """The loss since the last log line and `lr`, the step's, to the console and TensorBoard."""
         loss = torch.stack(losses).mean().item() if losses else float("nan")
         step, writer = self.progress.global_step, self.writer
@@ -403,8 +404,8 @@ class TrainerBase(Runner):
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}")
         else:
-            self.log.info(f"epoch {self.progress.epoch + 1} step {batch_number}/{n_batches} loss {loss:.4f} "
-                          f"lr {lr:.3g} ({time.perf_counter() - started:.1f}s)")
+            self.log.info(f"{self.progress.location(n_batches)} loss {loss:.4f} lr {lr:.3g} "
+                          f"({time.perf_counter() - started:.1f}s)")
 
     # ------------------------------------------------------------------ stops, crashes, the end
     def exit_stopped(self, stopped):
@@ -416,9 +417,9 @@ class TrainerBase(Runner):
         distributed.barrier()  # no rank exits (and gets the others killed) before rank 0 has saved
         self.write_metrics(Status.INTERRUPTED)
         launcher = f"torchrun --nproc_per_node {self.world_size} " if self.world_size > 1 else "python "
-        last, progress = self.run.checkpoint_path("last"), self.progress
-        self.log.warning(f"stopped by {stopped} {progress.where(self.args.n_epoch)}, step {progress.global_step}; "
-                         f"state saved to {last}. Resume with: {launcher}{sys.argv[0]} --resume {last}")
+        last, at = self.run.checkpoint_path("last"), self.progress.where(self.args.n_epoch, self.n_batches)
+        self.log.warning(f"stopped by {stopped} {at}; state saved to {last}. Resume with: "
+                         f"{launcher}{sys.argv[0]} --resume {last}")
         raise SystemExit(128 + stopped.signum)
 
     def save_after_crash(self):
@@ -427,8 +428,7 @@ class TrainerBase(Runner):
         if self.run is None or self.in_update:
             return
         frame = traceback.extract_tb(sys.exc_info()[2])[-1]
-        where = f"crashed {self.progress.where(self.args.n_epoch)}, step {self.progress.global_step} in " \
-                f"{frame.filename}:{frame.lineno}"
+        where = f"crashed {self.progress.where(self.args.n_epoch, self.n_batches)} in {frame.filename}:{frame.lineno}"
         last = self.run.checkpoint_path("last")
         if self.progress.position == self.saved_position or self.world_size > 1:
             self.log.error(f"{where}; the newest saved state is in {last}")

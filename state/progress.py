@@ -30,9 +30,13 @@ class TrainingProgress:
     def is_finished(self, n_epoch):
         return self.epoch >= n_epoch or self.stopped_by is not None
 
-    def where(self, n_epoch):
-        """Where the run is, for a message: in the test, or at an epoch."""
-        return "in the test" if self.is_finished(n_epoch) else f"at epoch {self.epoch + 1}"
+    def location(self, n_batches):
+        """The epoch, the batch of its `n_batches` and the optimizer step reached, as the progress lines name them."""
+        return f"epoch {self.epoch + 1} batch {self.batches_done}/{n_batches} step {self.global_step}"
+
+    def where(self, n_epoch, n_batches):
+        """Where the run is, for a message: in the test, or at a position in training."""
+        return f"in the test, after step {self.global_step}" if self.is_finished(n_epoch) else f"at {self.location(n_batches)}"
 
     def stop(self, status):
         """End training after this epoch; `status` (a Status) says why, in metrics.json."""

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import ROOT, Messages, forwarding, read_json, refused, run_dirs, train_vanilla
+from helpers import ROOT, Messages, forwarding, read_json, refused, run_dirs, stopping_at, train_vanilla
 from trainer_vanilla import VanillaTrainer
 
 FLAGS = ["--n_epoch", "2", "--train_val_sample_rate", "0.4", "--test_sample_rate", "0.25"]
@@ -81,7 +81,19 @@ def test_a_stop_during_the_test_says_it_was_in_the_test(fashion_dir, tmp_path):
     with pytest.raises(SystemExit):
         train_vanilla(fashion_dir, tmp_path, *FLAGS, trainer_class=forwarding(stop_in_the_test))
     log = (run_dirs(tmp_path)[0] / "log.txt").read_text()
-    assert "stopped by a test of the message in the test, step" in log and "at epoch 3" not in log
+    assert "stopped by a test of the message in the test, after step" in log and "at epoch 3" not in log
+
+
+def test_the_stop_message_names_the_step_as_the_progress_lines_do(fashion_dir, tmp_path):
+    """With --accum_steps 2 a batch is not a step: the stop line repeats the last progress line's position."""
+    with pytest.raises(SystemExit):
+        train_vanilla(fashion_dir, tmp_path, *FLAGS, "--accum_steps", "2", "--log_every_n_steps", "1",
+                      trainer_class=stopping_at(5))
+    lines = (run_dirs(tmp_path)[0] / "log.txt").read_text().splitlines()
+    progress = [line.split(" INFO ")[1].split(" loss ")[0] for line in lines if " loss " in line and " lr " in line]
+    stop = next(line for line in lines if "stopped by SIGINT" in line)
+    assert progress[-1].endswith("step 5") and f"stopped by SIGINT at {progress[-1]};" in stop, (progress[-1], stop)
+    assert progress[-1].startswith("epoch 1 batch 10/")
 
 
 def test_a_16_bit_png_is_scaled_not_read_as_white(tmp_path):

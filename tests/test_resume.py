@@ -126,7 +126,7 @@ def test_signal_saves_state_and_prints_the_resume_command(fashion_dir, tmp_path,
                              "--batch_size", "4", "--n_epoch", "50", "--log_every_n_steps", "20")
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("*/log.txt")) or "epoch 1 step" not in list(tmp_path.glob("*/log.txt"))[0].read_text():
+    while not list(tmp_path.glob("*/log.txt")) or "epoch 1 batch" not in list(tmp_path.glob("*/log.txt"))[0].read_text():
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.1)
     process.send_signal(signum)

@@ -122,7 +122,7 @@ def test_sigterm_on_one_rank_stops_all_with_one_saved_state(fashion_dir, tmp_pat
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 120
-        while not (list(tmp_path.glob("*/log.txt")) and "epoch 1 step" in list(tmp_path.glob("*/log.txt"))[0].read_text()):
+        while not (list(tmp_path.glob("*/log.txt")) and "epoch 1 batch" in list(tmp_path.glob("*/log.txt"))[0].read_text()):
             assert time.monotonic() < deadline and process.poll() is None
             time.sleep(0.1)
         workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
