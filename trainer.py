@@ -327,9 +327,12 @@ class TrainerBase(Runner):
             nonfinite = distributed.any_rank(nonfinite, self.device)
         if not nonfinite:
             return True
-        where = f"epoch {self.progress.epoch + 1}, batch {index + 1} (global step {self.progress.global_step})"
+        where = f"epoch {self.progress.epoch + 1} batch {index + 1}/{self.n_batches} step {self.progress.global_step}"
         if not self.args.skip_nonfinite:
-            kept = "the last good checkpoint is kept" if self.saved_position is not None else "nothing was saved yet"
+            if self.saved_position is None:  # the folder would hold no state to resume or test
+                self.run.remove_at_close()
+            kept = "the last good checkpoint is kept" if self.saved_position is not None else \
+                f"nothing was saved yet, so the run folder {self.run.path} is removed"
             raise NonFiniteLoss(f"loss is {loss.item()} at {where}; {kept}. "
                                 "Lower --lr, add --clip, or pass --skip_nonfinite to skip such batches")
         self.progress.nonfinite_batches += 1
@@ -357,11 +360,9 @@ class TrainerBase(Runner):
         `apply`: every batch of the group was skipped (--skip_nonfinite), and the gradients go without
         a step (momentum would still move the weights); nor taken when the fp16 scaler found inf/NaN."""
         self.in_update = True
-        if apply:
-            applied = optimization.step()
-        else:
+        applied = apply and optimization.step()
+        if not apply:
             optimization.optimizer.zero_grad(set_to_none=True)
-            applied = False
         if applied and ema is not None:
             ema.update(self.model)
         self.in_update = False
@@ -382,9 +383,7 @@ class TrainerBase(Runner):
         epoch = f" {self.progress.epoch + 1}/{self.args.n_epoch}" if phase in ("train", "val") else ""
         return super().progress_bar(loader, phase + epoch, initial)
 
-    @property
-    def n_batches(self):  # of an epoch, on this process
-        return len(self.loaders["train"].sampler)
+    n_batches = property(lambda self: len(self.loaders["train"].sampler), doc="an epoch's training batches, here")
 
     @property
     def writer(self):

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,6 +42,7 @@ class RunFolder:
         self.writes = writes
         self.writer = None
         self.lock_handle = None  # the open `.lock` while this process trains the run
+        self.removed_at_close = False  # a run that failed before it saved anything: nothing to keep
 
     @classmethod
     def create(cls, output_dir, model_type, writes=True, suffix=""):
@@ -187,6 +189,12 @@ class RunFolder:
         if self.lock_handle is not None:
             self.lock_handle.close()
             self.lock_handle = None
+        if self.removed_at_close and self.writes:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def remove_at_close(self):
+        """Remove the folder when the run closes: it failed before saving a state to resume or test."""
+        self.removed_at_close = True
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, state, best=False):

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import ROOT, Messages, forwarding, read_json, refused, run_dirs, stopping_at, train_vanilla
 from trainer_vanilla import VanillaTrainer
@@ -203,6 +204,20 @@ def test_a_nan_before_any_save_does_not_claim_a_kept_checkpoint(fashion_dir, tmp
         train_vanilla(fashion_dir, tmp_path, *FLAGS, trainer_class=forwarding(diverging_at_once))
     error = capsys.readouterr().err
     assert "nothing was saved yet" in error and "last good checkpoint is kept" not in error
+    assert run_dirs(tmp_path) == [] and "run folder" in error and "is removed" in error  # no folder left empty
+
+
+def test_a_nan_after_a_save_keeps_the_run_and_its_checkpoint(fashion_dir, tmp_path, capsys):
+    def diverging_in_epoch_two(trainer, forward, model, batch):
+        loss, outputs = forward(model, batch)
+        return (loss * float("nan") if model.training and trainer.progress.epoch == 1 else loss), outputs
+
+    with pytest.raises(SystemExit):
+        train_vanilla(fashion_dir, tmp_path, *FLAGS, trainer_class=forwarding(diverging_in_epoch_two))
+    error = capsys.readouterr().err
+    assert "the last good checkpoint is kept" in error
+    run = run_dirs(tmp_path)[0]
+    assert torch.load(run / "Vanilla_last_ckpt.pth", weights_only=True)["epoch"] == 1
 
 
 def test_an_overfit_run_is_named_like_a_fast_dev_run(fashion_dir, tmp_path):
