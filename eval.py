@@ -31,13 +31,14 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from cli.arguments import merge_options, task_parser
+from cli.arguments import json_value, merge_options, task_parser
+from cli.config_file import config_file_in, read_config_file
 from cli.options import EVALUATION, add_flag, add_option, explicit_options, options_where, positive_int
 from runner import Runner
 from state.checkpoint import find_checkpoint, read_checkpoint, weights_of
 from state.run_folder import RunFolder
 from utils.atomic import write_json_atomic
-from utils.errors import UserError, run_cli
+from utils.errors import UserError, run_cli, show_tracebacks
 from utils.signals import sigterm_as_exit
 
 
@@ -89,22 +90,37 @@ class EvaluatorBase(Runner):
             return 0
         return run_cli(run, argv)
 
-    def __init__(self, argv):
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UserError("the evaluator runs in one process: start it with python, not torchrun "
-                            "(its output files have one writer)")
-        parser = self.build_parser()
-        argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+    @classmethod
+    def parse(cls, argv):
+        """The checkpoint's options, overridden by those of a --config file and then of the command line
+        that apply to evaluation. A file may also repeat the run's training options (its own config file
+        or config.json), which must then equal the checkpoint's. Returns (options, checkpoint path, checkpoint)."""
+        parser, config = cls.build_parser(), config_file_in(argv)
+        refused = cls.refused_options(parser)
+        from_file = read_config_file(config, parser) if config is not None else {}
+        parser.set_defaults(**{name: value for name, value in from_file.items() if name not in refused})
         args = parser.parse_args(argv)
-        refused = self.refused_options(parser)
+        show_tracebacks(args.debug)
         for name in sorted(explicit_options(parser, argv) & set(refused)):
             raise UserError(f"--{name} {refused[name]}")
         if args.model_path is None:
             raise UserError("--model_path is required: the checkpoint to evaluate, "
                             "e.g. Results/<proj_name>/<timestamp>/<model_type>_best_ckpt.pth")
         path = find_checkpoint(args.model_path, kind="best")
-        self.checkpoint = read_checkpoint(path, self.task_class.name)
-        args = merge_options(parser, argv, args, self.checkpoint["config"])
+        checkpoint = read_checkpoint(path, cls.task_class.name)
+        saved = checkpoint["config"]
+        for name in sorted(set(from_file) & set(refused)):
+            if json_value(from_file[name]) != saved.get(name):
+                raise UserError(f"--config {config} sets {name} {json_value(from_file[name])}, the checkpoint "
+                                f"{saved.get(name)}: {name} {refused[name]}; leave it out of the file")
+        given_in_file = set(from_file) - set(refused)
+        return merge_options(parser, argv, args, saved, also_given=given_in_file), path, checkpoint
+
+    def __init__(self, argv):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("the evaluator runs in one process: start it with python, not torchrun "
+                            "(its output files have one writer)")
+        args, path, self.checkpoint = self.parse(sys.argv[1:] if argv is None else [str(arg) for arg in argv])
         args.model_path, args.pretrained, args.resume = None, False, None  # the weights are the checkpoint's
         has_ema = self.checkpoint.get("ema") is not None
         if args.weights == "ema" and not has_ema:

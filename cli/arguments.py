@@ -10,7 +10,7 @@ from cli.options import (PLACE, SHARED, SPLIT, TRAINING, TRAINING_RESUMABLE, Par
 from tracking.trackers import LOGGERS, check_installed, logger_names, mlflow_uri
 from training.optimizers import OPTIMIZERS
 from training.schedules import SCHEDULERS, SCHEDULES_OVER_N_EPOCH
-from utils.errors import UserError
+from utils.errors import UserError, show_tracebacks
 
 
 def task_parser(task_class, description=None):
@@ -31,10 +31,9 @@ def task_parser(task_class, description=None):
 def add_base_arguments(parser, model_types, data_types):
     """The base's argparse groups; `model_types` / `data_types` are the names the task offers."""
     run = parser.add_argument_group("run")
-    add_option(run, "--config", rules=TRAINING_RESUMABLE.but(sweep=False, in_files=False), type=Path, default=None,
-               metavar="FILE",
-               help="options from a .json/.yaml file (a run's config.json repeats that run); "
-                    "flags given on the command line override it")
+    add_option(run, "--config", rules=PLACE.but(sweep=False, in_files=False), type=Path, default=None, metavar="FILE",
+               help="options from a .json/.yaml file (a run's config.json repeats that run); flags given on the "
+                    "command line override it. The evaluator takes the evaluation's options from it")
     add_option(run, "--print_config", rules=TRAINING_RESUMABLE.but(sweep=False, in_files=False), nargs="?",
                const="yaml", choices=("yaml", "json"), default=None,
                help="print the resolved options as a config file (yaml unless json is given) and exit")
@@ -209,6 +208,7 @@ def parse_training_options(parser, argv, task):
     if config is not None:  # the file's values become defaults: flags given here override them
         parser.set_defaults(**read_config_file(config, parser))
     args = parser.parse_args(argv)
+    show_tracebacks(args.debug)  # from here on, a config file's `debug: true` counts too
     if args.fast_dev_run:  # one short epoch, every step logged
         args.n_epoch, args.log_every_n_steps = 1, 1
     check_installed(args.logger)
@@ -267,13 +267,14 @@ def json_value(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def merge_options(parser, argv, args, saved, safe=None):
-    """Saved options, overridden by those given explicitly in `argv`.
+def merge_options(parser, argv, args, saved, safe=None, also_given=()):
+    """Saved options, overridden by those given explicitly in `argv` (or named in `also_given`: set by a
+    config file).
 
     With `safe` (a resume), an explicit option outside `safe` that differs from the saved value
     would change the experiment, and is refused with each such option named.
     """
-    given = explicit_options(parser, argv)
+    given = explicit_options(parser, argv) | set(also_given)
     path_options = {action.dest for action in parser._actions if action.type is Path}
     merged = vars(args).copy()
     differences = []

@@ -313,10 +313,42 @@ def test_the_evaluators_help_lists_only_what_applies_to_evaluation():
     result = run_script("eval_vanilla.py", "--help")
     assert result.returncode == 0
     for option in ("--model_path", "--data_dir", "--batch_size", "--amp", "--gpu_devices", "--split", "--tag",
-                   "--viz"):
+                   "--viz", "--config"):
         assert option in result.stdout
-    for option in ("--lr ", "--early_stop_patience", "--resume", "--seed", "--val_ratio", "--n_epoch", "--config"):
+    for option in ("--lr ", "--early_stop_patience", "--resume", "--seed", "--val_ratio", "--n_epoch"):
         assert option not in result.stdout
+
+
+def test_the_evaluator_reads_a_config_file_with_evaluation_options(fashion_dir, tmp_path, capsys):
+    """Its own options from the file; the run's training options may be repeated (its config.json), not changed."""
+    from eval_vanilla import VanillaEvaluator
+    run = train_vanilla(fashion_dir, tmp_path, *QUICK, "--n_epoch", "1")
+    checkpoint = str(run / "Vanilla_best_ckpt.pth")
+    batch_sizes = []
+
+    class Recording(VanillaEvaluator):
+        def run(self):
+            batch_sizes.append(self.args.batch_size)
+            return super().run()
+
+    (tmp_path / "eval.yaml").write_text("split: val\ntag: from_file\nbatch_size: 7\n")
+    assert Recording.main(["--model_path", checkpoint, "--config", tmp_path / "eval.yaml"]) == 0
+    assert read_json(run / "eval" / "val_from_file" / "metrics.json")["split"] == "val" and batch_sizes == [7]
+    assert VanillaEvaluator.main(["--model_path", checkpoint, "--config", run / "config.json", "--tag", "same"]) == 0
+    assert read_json(run / "eval" / "test_same" / "metrics.json")["metrics"] == read_json(run / "metrics.json")["test"]
+
+    (tmp_path / "changed.yaml").write_text("lr: 0.5\n")
+    stderr = refused(VanillaEvaluator.main, ["--model_path", checkpoint, "--config", tmp_path / "changed.yaml"], capsys)
+    assert "sets lr 0.5" in stderr and "is a training option" in stderr and "leave it out of the file" in stderr
+
+
+def test_debug_true_in_a_config_file_shows_the_traceback_as_the_flag_does(tmp_path):
+    from utils.errors import UserError
+    (tmp_path / "debug.yaml").write_text(f"debug: true\ndata_dir: {tmp_path / 'no_data'}\n")
+    with pytest.raises(UserError):
+        VanillaTrainer.main(["--config", tmp_path / "debug.yaml", "--output_dir", tmp_path / "runs"])
+    with pytest.raises(SystemExit):
+        VanillaTrainer.main(["--config", tmp_path / "debug.yaml", "--debug", "false", "--output_dir", tmp_path / "runs"])
 
 
 # ------------------------------------------------------------------ the command line

@@ -16,18 +16,27 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite."""
 
 
+_tracebacks = {"shown": False}  # --debug: user errors show their traceback
+
+
+def show_tracebacks(shown):
+    """Set once the options are parsed, so that `debug: true` in a config file counts as --debug does."""
+    _tracebacks["shown"] = bool(shown)
+
+
 def run_cli(main, argv=None):
     """Call ``main(argv)`` and turn a `UserError` into one line on stderr and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
+    show_tracebacks("--debug" in argv)  # until the options are parsed
     try:
         return main(argv)
     except UserError as error:
-        if "--debug" in argv:
+        if _tracebacks["shown"]:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl+C before training started, or twice: nothing was left to save
-        if "--debug" in argv:
+        if _tracebacks["shown"]:
             raise
         print("interrupted", file=sys.stderr)
         sys.exit(130)
