@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cli.options import EVALUATION, add_option
 from deploy.prediction import add_prediction_options, made_by
@@ -145,6 +146,43 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
             if args.viz:
                 self.write_viz(masks, samples, images)
         return encode
+
+    def export_samples(self):
+        """The first --eval_batch_size images of --input_dir, else of the run's test cars, decoded one by one
+        (not the whole data set through its cache)."""
+        from data.carvana import CarvanaImages
+        args = self.args
+        count = args.eval_batch_size or args.batch_size
+        if args.input_dir is not None:
+            images, source = CarvanaImages(args.input_dir, args.img_size), f"the first images of {args.input_dir}"
+        else:
+            split = self.run_folder.read_json("split.json") or {}
+            test_names = set(split.get("test_names", []))
+            images = CarvanaImages(Path(args.data_dir) / "train", args.img_size)
+            chosen = [index for index, path in enumerate(images.all_paths) if path.stem in test_names]
+            if not chosen:
+                raise UserError(f"none of the run's test cars is in {Path(args.data_dir) / 'train'}; pass --input_dir "
+                                "with a few photos to check the export on")
+            images.image_paths = [images.all_paths[index] for index in chosen]
+            source = "the first test cars of the run"
+        batch = next(iter(torch.utils.data.DataLoader(images, batch_size=count)))
+        if not all(batch["readable"].tolist()):
+            raise UserError(f"cannot decode the images to check the export on ({source})")
+        return self.task.prepare_batch(batch, False, None)["images"], source
+
+    def deployment_card(self):
+        args = self.args
+        how = "sigmoid(logit) > threshold is car" if args.n_classes == 1 else \
+            "softmax over the classes; car where 1 - probability of class 0 > threshold"
+        return {"preprocessing": {
+                    "image": "RGB (Pillow's convert('RGB')), resized bilinearly to image_size (JPEG: decoded with "
+                             "draft('RGB', (width, height)) first)",
+                    "color_mode": "RGB", "image_size": list(args.img_size), "resize": "bilinear",
+                    "mean": [0.0, 0.0, 0.0], "std": [255.0, 255.0, 255.0],
+                    "formula": "input = (pixel - mean) / std, on pixel values 0..255 as float32, per channel"},
+                "threshold": args.threshold, "tta": args.tta,
+                "postprocessing": "logits at image_size; upsample them bilinearly (align_corners false) to the photo's "
+                                  f"own size, then {how}; tta (if not none) is inside the exported model"}
 
     def made_by(self):
         """What decides a submission's masks: a partial one continues only if this is unchanged."""

@@ -70,6 +70,26 @@ class VanillaEvaluator(EvaluatorBase):
             return super().run()
         return self.predict_folder()
 
+    def export_samples(self):
+        if self.args.input_dir is None:
+            return super().export_samples()
+        from data.fashion_mnist import FashionMNISTImages
+        inputs = FashionMNISTImages(self.args.input_dir)
+        _, batch = next(iter(self.make_loader(inputs)))
+        return self.task.prepare_batch(batch, False, None)["images"], f"the first images of {self.args.input_dir}"
+
+    def deployment_card(self):
+        from data.fashion_mnist import CLASSES
+        return {"preprocessing": {
+                    "image": "grey (Pillow's convert('L') of a colour image), resized to 28x28 bilinearly when of "
+                             "another size (JPEG: decoded with draft('L', (28, 28)) first); light clothes on black",
+                    "color_mode": "L", "image_size": [28, 28], "resize": "bilinear",
+                    "mean": [MEAN * 255], "std": [STD * 255],
+                    "formula": "input = (pixel - mean) / std, on pixel values 0..255 as float32, per channel"},
+                "classes": list(CLASSES),
+                "postprocessing": "softmax over the 10 logits gives each class's probability; the prediction is the "
+                                  "class of the largest"}
+
     def predict_folder(self):
         """Every input of --input_dir through the task's evaluation loop, streamed into predictions.csv."""
         from data.fashion_mnist import CLASSES, FashionMNISTImages
