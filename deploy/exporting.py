@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import warnings
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import torch
@@ -63,6 +63,10 @@ def export_checkpoint(evaluator):
     folder = Path(args.save_path) if args.save_path else \
         evaluator.run_folder.path / "export" / f"{kind}_{evaluator.weights}"
     runtime = check_runtime(kind)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the export folder {folder}: {error.strerror or error}") from None
     evaluator.setup_for_evaluation(weights_of(evaluator.checkpoint, ema=evaluator.weights == "ema"),
                                    evaluator.checkpoint_path, data=False)
     model = InferenceModel(evaluator.task, unwrap(evaluator.model).cpu().float()).eval()
@@ -72,10 +76,6 @@ def export_checkpoint(evaluator):
         samples = torch.cat([samples, samples])
     with torch.inference_mode():
         expected = model(samples).float()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create the export folder {folder}: {error.strerror or error}") from None
     target = folder / FORMATS[kind]
     difference = write_checked(kind, model, samples, expected, target, args.tolerance, runtime)
     check = {"samples": len(samples), "source": source, "max_abs_difference": difference,
@@ -156,15 +156,13 @@ def pt2_runner(path):
 def quiet_torch():
     """torch.export and torch.onnx log the graphs they fail on and print their steps: the failure is
     reported in one line instead."""
-    logger = logging.getLogger("torch")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    logging.disable(logging.CRITICAL)  # torch's loggers have levels and handlers of their own
     try:
-        with open(os.devnull, "w") as sink, redirect_stdout(sink), warnings.catch_warnings():
+        with open(os.devnull, "w") as sink, redirect_stdout(sink), redirect_stderr(sink), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        logging.disable(logging.NOTSET)
 
 
 def export_failure(error, model, kind):
