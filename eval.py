@@ -20,6 +20,10 @@ override:
                                   evaluated split (visualisation, per-sample results)
     results()                     -> dict merged into metrics.json (per-sample lists, ...)
     finish()                      after the last batch, before metrics.json (pictures of the whole split)
+    export_samples()              -> (a batch of real inputs as the model takes them, where they come
+                                     from): what --export checks the exported model on (default: the
+                                     first test batch of the run's split)
+    deployment_card()             -> dict for the exported model's card (preprocessing, classes, ...)
     run()                         the whole evaluation, for modes other than a split
     output_name()                 the output folder's name (default: the split, and the tag)
 """
@@ -34,6 +38,7 @@ from pathlib import Path
 from cli.arguments import json_value, merge_options, task_parser
 from cli.config_file import config_file_in, read_config_file
 from cli.options import EVALUATION, add_flag, add_option, explicit_options, options_where, positive_int
+from deploy.exporting import add_export_options
 from runner import Runner
 from state.checkpoint import find_checkpoint, read_checkpoint, weights_of
 from state.run_folder import RunFolder
@@ -67,6 +72,7 @@ class EvaluatorBase(Runner):
         add_option(group, "--n_snap", rules=EVALUATION, type=positive_int, default=10,
                    help="with --viz: every N-th sample")
         cls.add_eval_arguments(parser)
+        add_export_options(parser)
         return parser
 
     @staticmethod
@@ -86,7 +92,10 @@ class EvaluatorBase(Runner):
         def run(argv):
             evaluator = cls(argv)
             with sigterm_as_exit(), evaluator.output_folder():
-                evaluator.run()
+                if evaluator.args.export:
+                    evaluator.export()
+                else:
+                    evaluator.run()
             return 0
         return run_cli(run, argv)
 
@@ -139,6 +148,9 @@ class EvaluatorBase(Runner):
         """Around the evaluation: a default output folder is written under a temporary name and
         replaces the previous one of the same name only when the evaluation has finished; a failed
         or interrupted one leaves the previous results as they were."""
+        if self.args.export:  # the export writes its own files, each atomically
+            yield
+            return
         if self.args.save_path is not None:
             yield
             self.log.info(f"results in {self.save_path}")
@@ -184,6 +196,23 @@ class EvaluatorBase(Runner):
             self.save_path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"cannot create --save_path {self.save_path}: {error.strerror or error}") from None
+
+    def export(self):
+        """The checkpoint's model for a runtime without this project (deploy/exporting.py)."""
+        from deploy.exporting import export_checkpoint
+        return export_checkpoint(self)
+
+    def export_samples(self):
+        split = self.run_folder.read_json("split.json")
+        if split is None:
+            raise UserError(f"{self.run_folder.path / 'split.json'} not found: no test samples to check the export on")
+        self.setup_data(split)
+        _, batch = next(iter(self.loaders["test"]))
+        inputs = self.task.prepare_batch(self.to_device(batch), False, None)
+        return (inputs[0] if isinstance(inputs, (tuple, list)) else inputs), "the first test batch of the run"
+
+    def deployment_card(self):
+        return {}
 
     def run(self):
         self.setup()

@@ -9,27 +9,25 @@ Test mode writes metrics.json (mean dice, IoU, pixel accuracy, and dice and IoU 
 <name>_pred.png (car white on black, at the original resolution) and <name>_overlay.png.
 Prediction mode (--input_dir) writes the Kaggle CSV (img,rle_mask) at each image's original size.
 """
-import csv
-import gzip
-import json
-import os
-import shutil
 import sys
-import time
-from collections import deque
 from contextlib import contextmanager
-from itertools import takewhile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cli.options import EVALUATION, add_option
+from deploy.prediction import add_prediction_options, made_by
+from deploy.streamed_csv import ImageProgress, RowWriter, StreamedCsv, continued_rows, csv_field, finish_csv
 from eval import EvaluatorBase
 from trainer_seg_on_carvana import SegOnCarvanaTask, car_probability
-from utils.atomic import atomic_open, write_json_atomic
 from utils.errors import UserError
 from utils.metrics import dice_iou_per_image
 from utils.rle import rle_encode
+
+
+# The streamed CSV's parts, importable from here as before they moved to deploy/streamed_csv.py.
+__all__ = ["SegOnCarvanaEvaluator", "ImageProgress", "RowWriter", "continued_rows", "csv_field", "finish_csv"]
 
 
 class SegOnCarvanaEvaluator(EvaluatorBase):
@@ -38,8 +36,7 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
     @classmethod
     def add_eval_arguments(cls, parser):
         group = parser.add_argument_group("carvana evaluation")
-        add_option(group, "--input_dir", rules=EVALUATION, type=Path, default=None,
-                   help="predict masks for the unlabelled images in this folder (e.g. Kaggle's test)")
+        add_prediction_options(group, "masks for the unlabelled images in this folder (e.g. Kaggle's test)")
         add_option(group, "--submission", rules=EVALUATION, type=Path, default=None,
                    help="with --input_dir: the Kaggle CSV to write "
                         "(default <run>/eval/predict[_<tag>]/submission.csv)")
@@ -106,85 +103,91 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
             self.log.info(f"results in {self.save_path}")
 
     def predict_folder(self):
-        """Every image in --input_dir through the task's evaluation loop, streamed into Kaggle's CSV.
-
-        Rows go to `<submission>.partial` as their masks are encoded (on threads, in order), with
-        memory flat in the number of images; a second call with the same output continues after
-        its last complete row. The finished file (gzipped when the name ends in .gz) replaces the
-        partial one atomically, byte for byte what an uninterrupted call writes."""
+        """Every image in --input_dir through the task's evaluation loop, streamed into Kaggle's CSV
+        (deploy/streamed_csv.py: continued after an interruption, memory flat in the number of
+        images; gzipped when the name ends in .gz)."""
         from data.carvana import CarvanaImages
         args = self.args
         submission = Path(args.submission) if args.submission else self.save_path / "submission.csv"
-        if submission.is_dir():
-            raise UserError(f"--submission {submission} is a folder; expected the CSV file to write, "
-                            f"such as {submission / 'submission.csv.gz'}")
+        output = StreamedCsv(submission, "img,rle_mask", self.made_by(), self.log, encode=rle_encode)
         self.setup(data=False)
-        try:
-            submission.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UserError(f"cannot create the output folder for {submission}: {error.strerror or error}") from None
-        partial = submission.with_name(submission.name + ".partial")
         listing = CarvanaImages(args.input_dir, args.img_size, skip_bad=args.skip_bad, log=self.log)
-        made_by = self.made_by()
-        done = continued_rows(partial, [path.name for path in listing.all_paths], made_by)
-        images = listing.starting_at(done)
-        if done:
-            self.log.info(f"continuing {partial}: {done} of {len(listing.all_paths)} images are done")
-        progress = ImageProgress(len(listing.all_paths), done, self.log)
         unreadable = []
-        has_header = partial.is_file() and partial.stat().st_size > 0
-        try:
-            seconds = self.stream(images, partial, has_header, progress, unreadable)
-        except (KeyboardInterrupt, SystemExit):
-            self.log.warning(f"interrupted: {partial} keeps the {progress.done} rows written; the same command "
-                             "continues it")
-            raise
-        finally:
-            progress.close()
-        finish_submission(partial, submission)
+
+        def predict(start, rows):
+            images = listing.starting_at(start)
+            self.evaluate("predict", on_batch=self.encoder(images, rows, unreadable), loader=self.make_loader(images))
+        seconds = output.write([path.name for path in listing.all_paths], predict, args.progress_every)
         if unreadable:
             self.log.warning(f"{len(unreadable)} image(s) could not be decoded and got an empty mask, first {unreadable[0]}")
-        self.log.info(f"wrote {len(listing.all_paths)} masks to {submission} ({len(images)} predicted in {seconds:.1f} s)")
+        self.log.info(f"wrote {len(listing.all_paths)} masks to {submission} in {seconds:.1f} s")
         return {"images": len(listing.all_paths), "unreadable": unreadable, "skipped_files": listing.skipped_files,
                 "seconds": seconds}
 
-    def stream(self, images, partial, has_header, progress, unreadable):
-        """The rows of `images` appended to `partial`; returns the seconds of the pass."""
+    def encoder(self, images, rows, unreadable):
+        """`on_batch` of prediction: each image's mask at its own size, queued as its row."""
         args = self.args
-        with open(partial, "a", newline="") as handle, RowWriter(handle, progress) as rows:
-            if not has_header:
-                handle.write("img,rle_mask\n")
 
-            def encode(batch, logits, indices):
-                samples, readable = indices.tolist(), batch["readable"].tolist()
-                sizes = [tuple(size) if ok else None for size, ok in zip(batch["size"].tolist(), readable)]
-                masks = [None] * len(samples)
-                for size, group in groups_by_size(sizes):  # upsampled and thresholded on the device, batched
-                    for row, mask in zip(group, (car_probability(logits[group], size) > args.threshold).cpu().numpy()):
-                        masks[row] = mask
-                for row, sample in enumerate(samples):
-                    name = images.names[sample]
-                    if masks[row] is None:
-                        if not args.skip_bad:
-                            raise UserError(f"cannot decode image {args.input_dir / name}; pass --skip_bad to give "
-                                            "it an empty mask row instead")
-                        unreadable.append(name)
-                    rows.add(name, masks[row])
-                if args.viz:
-                    self.write_viz(masks, samples, images)
+        def encode(batch, logits, indices):
+            samples, readable = indices.tolist(), batch["readable"].tolist()
+            sizes = [tuple(size) if ok else None for size, ok in zip(batch["size"].tolist(), readable)]
+            masks = [None] * len(samples)
+            for size, group in groups_by_size(sizes):  # upsampled and thresholded on the device, batched
+                for row, mask in zip(group, (car_probability(logits[group], size) > args.threshold).cpu().numpy()):
+                    masks[row] = mask
+            for row, sample in enumerate(samples):
+                name = images.names[sample]
+                if masks[row] is None:
+                    if not args.skip_bad:
+                        raise UserError(f"cannot decode image {args.input_dir / name}; pass --skip_bad to give "
+                                        "it an empty mask row instead")
+                    unreadable.append(name)
+                rows.add(name, masks[row])
+            if args.viz:
+                self.write_viz(masks, samples, images)
+        return encode
 
-            started = time.perf_counter()
-            if len(images):  # all rows may be there already, from an interruption just before the end
-                self.evaluate("predict", on_batch=encode, loader=self.make_loader(images))
-            return time.perf_counter() - started  # the streaming pass: decode, model, encode, write
+    def export_samples(self):
+        """The first --eval_batch_size images of --input_dir, else of the run's test cars, decoded one by one
+        (not the whole data set through its cache)."""
+        from data.carvana import CarvanaImages
+        args = self.args
+        count = args.eval_batch_size or args.batch_size
+        if args.input_dir is not None:
+            images, source = CarvanaImages(args.input_dir, args.img_size), f"the first images of {args.input_dir}"
+        else:
+            split = self.run_folder.read_json("split.json") or {}
+            test_names = set(split.get("test_names", []))
+            images = CarvanaImages(Path(args.data_dir) / "train", args.img_size)
+            chosen = [index for index, path in enumerate(images.all_paths) if path.stem in test_names]
+            if not chosen:
+                raise UserError(f"none of the run's test cars is in {Path(args.data_dir) / 'train'}; pass --input_dir "
+                                "with a few photos to check the export on")
+            images.image_paths = [images.all_paths[index] for index in chosen]
+            source = "the first test cars of the run"
+        batch = next(iter(torch.utils.data.DataLoader(images, batch_size=count)))
+        if not all(batch["readable"].tolist()):
+            raise UserError(f"cannot decode the images to check the export on ({source})")
+        return self.task.prepare_batch(batch, False, None)["images"], source
+
+    def deployment_card(self):
+        args = self.args
+        how = "sigmoid(logit) > threshold is car" if args.n_classes == 1 else \
+            "softmax over the classes; car where 1 - probability of class 0 > threshold"
+        return {"preprocessing": {
+                    "image": "RGB (Pillow's convert('RGB')), resized bilinearly to image_size (JPEG: decoded with "
+                             "draft('RGB', (width, height)) first)",
+                    "color_mode": "RGB", "image_size": list(args.img_size), "resize": "bilinear",
+                    "mean": [0.0, 0.0, 0.0], "std": [255.0, 255.0, 255.0],
+                    "formula": "input = (pixel - mean) / std, on pixel values 0..255 as float32, per channel"},
+                "threshold": args.threshold, "tta": args.tta,
+                "postprocessing": "logits at image_size; upsample them bilinearly (align_corners false) to the photo's "
+                                  f"own size, then {how}; tta (if not none) is inside the exported model"}
 
     def made_by(self):
         """What decides a submission's masks: a partial one continues only if this is unchanged."""
-        stat = self.checkpoint_path.stat()
-        return {"checkpoint": str(self.checkpoint_path.resolve()), "checkpoint_size": stat.st_size,
-                "checkpoint_mtime_ns": stat.st_mtime_ns, "weights": self.weights, "img_size": list(self.args.img_size),
-                "threshold": self.args.threshold, "tta": self.args.tta, "input_dir": str(self.args.input_dir.resolve()),
-                "amp": self.args.amp and self.args.amp_dtype, "channels_last": self.args.channels_last}
+        args = self.args
+        return made_by(self, img_size=list(args.img_size), threshold=args.threshold, tta=args.tta)
 
     def write_viz(self, masks, samples, images):
         """Pictures of every --n_snap-th image, with the masks the CSV gets."""
@@ -194,67 +197,6 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
                                     None, mask)
 
 
-class RowWriter:
-    """Kaggle CSV rows written in order as their RLE strings are encoded on a few threads; at most
-    `ahead` masks wait, so memory does not grow with the number of images."""
-
-    AHEAD, THREADS = 64, 4
-
-    def __init__(self, handle, progress):
-        from concurrent.futures import ThreadPoolExecutor
-        self.handle, self.progress, self.ahead, threads = handle, progress, self.AHEAD, self.THREADS
-        self.pool = ThreadPoolExecutor(max_workers=threads)
-        self.pending = deque()
-
-    def add(self, name, mask):
-        """Queue the row of image `name`; `mask` None writes an empty mask."""
-        self.pending.append((name, self.pool.submit(rle_encode, mask) if mask is not None else None))
-        if len(self.pending) > self.ahead:
-            self.write(len(self.pending) - self.ahead)
-
-    def write(self, count):
-        for _ in range(count):
-            name, future = self.pending.popleft()
-            self.handle.write(f"{csv_field(name)},{future.result() if future is not None else ''}\n")
-        self.handle.flush()  # a complete row survives an interruption
-        self.progress.update(count)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if kind is None:
-            self.write(len(self.pending))
-        else:  # the rows encoded so far are kept, in order; the rest is redone when continued
-            self.write(sum(1 for _ in takewhile(lambda item: item[1] is None or item[1].done(), self.pending)))
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-class ImageProgress:
-    """Progress in images: a bar on a terminal; elsewhere (a batch job's log) a line every LINE_EVERY_S
-    seconds and at the end."""
-
-    LINE_EVERY_S = 30.0
-
-    def __init__(self, total, done, log):
-        from tqdm import tqdm
-        self.total, self.done, self.log, self.last_line = total, done, log, time.monotonic()
-        self.bar = tqdm(total=total, initial=done, unit="image", desc="predict", dynamic_ncols=True) \
-            if sys.stderr.isatty() else None
-
-    def update(self, count):
-        self.done += count
-        if self.bar is not None:
-            self.bar.update(count)
-        elif count and (time.monotonic() - self.last_line >= self.LINE_EVERY_S or self.done == self.total):
-            self.last_line = time.monotonic()
-            self.log.info(f"predicted {self.done} of {self.total} images")
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 def groups_by_size(sizes):
     """The rows of a batch grouped by original size, so that each group is upsampled in one call."""
     groups = {}
@@ -262,59 +204,6 @@ def groups_by_size(sizes):
         if size is not None:
             groups.setdefault(size, []).append(row)
     return groups.items()
-
-
-def continued_rows(partial, names, made_by):
-    """How many images a partial submission holds complete rows for, after cutting off a row an
-    interruption left half-written. Its rows must be those of the first `names`, and its masks
-    made as `made_by` says (recorded beside it, in <partial>.json)."""
-    record = partial.with_name(partial.name + ".json")
-    if not partial.is_file():
-        write_json_atomic(made_by, record)
-        return 0
-    try:
-        recorded = json.loads(record.read_text()) if record.is_file() else None
-    except ValueError:
-        raise UserError(f"{record} is not readable JSON (a write cut short?); delete it and {partial} "
-                        "to start the submission over") from None
-    if recorded != made_by:
-        changed = sorted(key for key in made_by if (recorded or {}).get(key) != made_by[key])
-        raise UserError(f"{partial} was started with another {', '.join(changed)}; continue it with the same "
-                        "checkpoint and options, or delete it to start over")
-    text = partial.read_text()
-    complete = text[:text.rfind("\n") + 1]
-    lines = complete.splitlines()
-    if not lines or lines[0] != "img,rle_mask":
-        with open(partial, "w", newline=""):
-            pass  # nothing usable: start over
-        return 0
-    done = [next(csv.reader([line]))[0] for line in lines[1:]]
-    if done != names[:len(done)]:
-        raise UserError(f"{partial} holds rows of other images than the first {len(done)} in the input folder; "
-                        "delete it to start over")
-    if len(complete) != len(text):
-        with open(partial, "r+", newline="") as handle:
-            handle.truncate(len(complete.encode()))
-    return len(done)
-
-
-def csv_field(text):
-    """`text` as one CSV field: quoted, its quotes doubled, when it holds a comma, a quote or a line break."""
-    if not any(char in text for char in ',"\r\n'):
-        return text
-    return '"' + text.replace('"', '""') + '"'
-
-
-def finish_submission(partial, submission):
-    """Move the complete CSV into place atomically; gzipped (reproducibly: no name, no time) for .gz."""
-    if submission.suffix.lower() == ".gz":
-        with atomic_open(submission, "wb") as handle, open(partial, "rb") as source, \
-                gzip.GzipFile(filename="", mode="wb", fileobj=handle, mtime=0) as packed:
-            shutil.copyfileobj(source, packed)
-        partial.unlink()
-    else:
-        os.replace(partial, submission)
-    partial.with_name(partial.name + ".json").unlink(missing_ok=True)
 
 
 def load_original(path):

@@ -1,9 +1,11 @@
-"""FashionMNIST from its official IDX files, held in memory as one uint8 tensor.
+"""FashionMNIST from its official IDX files, held in memory as one uint8 tensor; and images to predict.
 
 Read from `<data_dir>/FashionMNIST/raw/` in either form users have it: the four `.gz` files as
 downloaded, or the unpacked IDX files torchvision leaves beside them. No PIL round-trip: a batch
-is one indexing operation on the in-memory array.
+is one indexing operation on the in-memory array. `FashionMNISTImages` is a folder of PNG / JPEG
+images (any size, grey or colour, prepared by `load_image`) and IDX files, for prediction.
 """
+import copy
 import gzip
 import hashlib
 import shutil
@@ -119,3 +121,83 @@ class FashionMNIST:
 
     def get_batch(self, indices):
         return self.images[indices], self.labels[indices]
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IDX_SUFFIXES = ("-idx3-ubyte", "-idx3-ubyte.gz", ".idx", ".idx.gz")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens 16-bit greyscale PNG
+SIDE = 28
+
+
+def load_image(path):
+    """A PNG or JPEG as FashionMNIST draws its images: uint8 [1, 28, 28], grey. A colour image becomes
+    grey by Pillow's ITU-R 601-2 luma (L = 0.299 R + 0.587 G + 0.114 B); 16-bit grey keeps its top 8
+    bits; any other size is resized to 28x28 (bilinear, the aspect ratio not kept; a JPEG first
+    shrinks by a power of two while it decodes). Nothing is inverted: FashionMNIST's clothes are
+    light on black. None for a file that cannot be decoded."""
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            image.draft("L", (SIDE, SIDE))
+            if image.mode in SIXTEEN_BIT_MODES:
+                image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+            image = image.convert("L")
+            if image.size != (SIDE, SIDE):
+                image = image.resize((SIDE, SIDE), Image.Resampling.BILINEAR)
+            return torch.from_numpy(np.array(image)).unsqueeze(0)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+class FashionMNISTImages:
+    """Images to predict: the PNG / JPEG files of a folder (hidden files left out) and the images of
+    its IDX files (`*-idx3-ubyte[.gz]`, `*.idx[.gz]`), or one IDX file, in the order of their names.
+    The rows of an IDX file are named `<file>#<index>`. Items are {"image": uint8 [1, 28, 28],
+    "readable": bool}; a file that cannot be decoded comes as zeros with readable False, for the
+    predictor to name. `starting_at(n)` leaves out the first n (a prediction continued)."""
+
+    def __init__(self, path):
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"input {path} does not exist (expected a folder of PNG/JPEG images or an IDX file)")
+        files = [path] if path.is_file() else \
+            sorted(entry for entry in path.iterdir() if entry.is_file() and not entry.name.startswith("."))
+        self.entries = []  # (name, image file or None, pixels of an IDX image or None)
+        for file in files:
+            self.entries.extend(self.entries_of(file))
+        if not self.entries:
+            raise UserError(f"no PNG/JPEG images or IDX files in {path}")
+        self.start, self.names = 0, [name for name, _, _ in self.entries]
+        self.all_names = self.names
+
+    @staticmethod
+    def entries_of(file):
+        name = file.name.lower()
+        if name.endswith(IMAGE_SUFFIXES):
+            return [(file.name, file, None)]
+        if name.endswith(IDX_SUFFIXES):
+            images = read_idx(file)
+            if images.dim() != 3 or tuple(images.shape[1:]) != (SIDE, SIDE):
+                raise UserError(f"{file} holds {tuple(images.shape)} values; expected images of 28x28 pixels "
+                                "(an idx3-ubyte file)")
+            return [(f"{file.name}#{index}", None, images[index]) for index in range(len(images))]
+        if "-idx1-ubyte" in name:
+            raise UserError(f"{file} is an IDX file of labels, not of images; predict a folder without it, "
+                            "or its images file alone")
+        raise UserError(f"{file} is neither an image (.png, .jpg, .jpeg) nor an IDX file (*-idx3-ubyte[.gz], "
+                        "*.idx[.gz]); move it out of the folder")
+
+    def __len__(self):
+        return len(self.entries) - self.start
+
+    def __getitem__(self, index):
+        _, file, pixels = self.entries[self.start + index]
+        image = pixels.unsqueeze(0) if file is None else load_image(file)
+        readable = image is not None
+        return {"image": image if readable else torch.zeros(1, SIDE, SIDE, dtype=torch.uint8), "readable": readable}
+
+    def starting_at(self, start):
+        """The same inputs without the first `start`, listed once."""
+        view = copy.copy(self)
+        view.start, view.names = start, self.all_names[start:]
+        return view

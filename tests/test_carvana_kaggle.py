@@ -183,7 +183,7 @@ def test_a_submission_continues_only_with_the_same_checkpoint_and_options(unet_r
 
 def test_a_submission_cut_after_its_last_row_finishes_and_folders_and_case_are_handled(
         unet_run, carvana_dir, tmp_path, capsys, monkeypatch):
-    import eval_seg_on_carvana
+    import deploy.streamed_csv
     from eval_seg_on_carvana import SegOnCarvanaEvaluator
     copy_test_images(unet_run, carvana_dir, tmp_path / "images")
     base = ["--model_path", str(unet_run / "UNet_best_ckpt.pth"), "--input_dir", str(tmp_path / "images")]
@@ -191,7 +191,7 @@ def test_a_submission_cut_after_its_last_row_finishes_and_folders_and_case_are_h
 
     def cut(partial, submission):
         raise Interrupted
-    monkeypatch.setattr(eval_seg_on_carvana, "finish_submission", cut)
+    monkeypatch.setattr(deploy.streamed_csv, "finish_csv", cut)
     with pytest.raises(Interrupted):
         SegOnCarvanaEvaluator.main([*base, "--submission", str(tmp_path / "cut.csv")])
     monkeypatch.undo()
@@ -246,3 +246,31 @@ def test_bad_prediction_input_is_one_line_or_an_empty_row_with_skip_bad(unet_run
     with pytest.raises(SystemExit):
         SegOnCarvanaEvaluator.main(["--model_path", str(unet_run / "UNet_best_ckpt.pth"), "--input_dir", str(empty)])
     assert "no .jpg/.jpeg/.png images" in capsys.readouterr().err
+
+
+def test_continuing_reads_the_partial_submission_as_a_stream(tmp_path):
+    """A partial submission of 16 MB (800 rows of long masks, then a row cut short) is continued with
+    a peak of under 1 MB of Python memory: read row by row, never whole (which took 4x its size)."""
+    import tracemalloc
+
+    from deploy.streamed_csv import continued_rows
+    names = [f"car_{number:04d}.jpg" for number in range(1000)]
+    partial = tmp_path / "submission.csv.partial"
+    made_by = {"checkpoint": "x"}
+    assert continued_rows(partial, names, made_by) == 0
+    mask = " ".join(f"{start} 3" for start in range(1, 20000, 7))  # about 20,000 characters
+    with open(partial, "w", newline="") as handle:
+        handle.write("img,rle_mask\n")
+        for name in names[:800]:
+            handle.write(f"{name},{mask}\n")
+        handle.write(f"{names[800]},1 2 3")
+    complete = partial.stat().st_size - len(f"{names[800]},1 2 3")
+    assert complete > 16e6
+    tracemalloc.start()
+    try:
+        assert continued_rows(partial, names, made_by) == 800
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1e6, f"continuing read {peak / 1e6:.1f} MB into memory for a {complete / 1e6:.1f} MB partial file"
+    assert partial.stat().st_size == complete
