@@ -10,7 +10,10 @@ Two runs: the options that differ or only one run has, best and test metrics, an
 environments differ (for information). More runs: one table, a row per run and a column per
 option that varies; arguments that are not runs are skipped with a warning, as a glob may catch
 a stray file.
-Options compare as JSON values (0.1 equals 0.10, true is not 1, lists compare whole).
+Options compare as JSON values (0.1 equals 0.10, true is not 1, lists compare whole). Options that
+say where a run lives rather than what it computes (--config, --output_dir, --proj_name, --resume,
+--print_config) are shown but not compared: a run and its resume, or a run repeated from its
+config.json into another folder, match.
 Exit code, like diff: 0 when the options match, 1 when they differ, 2 on an error.
 """
 import argparse
@@ -21,6 +24,8 @@ from pathlib import Path
 MISSING = object()  # stands for an option a run does not have; printed as "-"
 # Keys that differ between any two runs, or only repeat the option differences.
 ENVIRONMENT_SKIPPED = {"started_at", "finished_at", "command"}
+# Options naming where a run lives and how it was started, not what it computes: not compared.
+WHERE_OPTIONS = ("config", "output_dir", "proj_name", "resume", "print_config")
 TABLE_CELL_WIDTH = 32  # longer option values are cut in the many-run table to keep rows readable
 
 
@@ -79,7 +84,17 @@ def _varying(mappings):
 def compare(runs):
     """The options that vary across `runs` (from `load_run`): name -> value in each run, in
     first-seen order, `MISSING` where a run lacks it. Empty when all options match."""
-    return _varying([run["options"] for run in runs])
+    return _varying([experiment_options(run) for run in runs])
+
+
+def experiment_options(run):
+    """The run's options without those that only say where it lives (WHERE_OPTIONS)."""
+    return {name: value for name, value in run["options"].items() if name not in WHERE_OPTIONS}
+
+
+def _where(runs):
+    """The WHERE_OPTIONS that vary across `runs`, like `compare`'s result."""
+    return _varying([{name: run["options"].get(name, MISSING) for name in WHERE_OPTIONS} for run in runs])
 
 
 def format_value(value):
@@ -135,7 +150,10 @@ def _print_pair(a, b):
         if only:
             print(f"Only in {label} ({len(only)}):", *only, sep="\n")
     if not varying:
-        print(f"Options match ({len(a['options'])} options).")
+        print(f"Options match ({len(experiment_options(a))} options).")
+    where = [[name, format_value(va), format_value(vb)] for name, (va, vb) in _where([a, b]).items()]
+    if where:
+        print(f"\nWhere the runs live (not compared):\n{format_table(['option', 'A', 'B'], where)}")
     header, rows = _results([a, b])
     print(f"\nResults:\n{format_table(['run', *header], [['A', *rows[0]], ['B', *rows[1]]])}")
     environment = [[key, format_value(va), format_value(vb)] for key, (va, vb)

@@ -47,6 +47,18 @@ def test_identical_configs_match(tmp_path, capsys):
     assert err == ""
 
 
+def test_a_run_and_its_resume_in_another_place_match(tmp_path, capsys):
+    """--config, --output_dir, --proj_name and --resume say where a run lives, not what it computes."""
+    a = make_run(tmp_path, "a", config="exp.yaml", output_dir="Results", resume=None)
+    b = make_run(tmp_path, "b", config=None, output_dir="/scratch/runs", proj_name="Other",
+                 resume="Results/Vanilla/a/Vanilla_last_ckpt.pth")
+    code, out, _ = run_main(capsys, a, b)
+    assert code == 0 and "Options match" in out
+    assert "Where the runs live (not compared)" in out and "/scratch/runs" in out
+    assert run_main(capsys, a, b, make_run(tmp_path, "c", output_dir="elsewhere"))[0] == 0
+    assert run_main(capsys, a, make_run(tmp_path, "d", output_dir="elsewhere", lr=0.5))[0] == 1
+
+
 def test_differing_option_exits_1_and_shows_both_values(tmp_path, capsys):
     a, b = make_run(tmp_path, "a"), make_run(tmp_path, "b", lr=0.01)
     code, out, _ = run_main(capsys, a, b)
