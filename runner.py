@@ -12,7 +12,7 @@ from contextlib import nullcontext
 
 import torch
 
-from data.loader import BatchLoader, EpochBatchSampler, Subset, check_dataset
+from data.loader import BatchLoader, EpochBatchSampler, Subset, check_dataset, first_samples
 from data.split import make_split, split_indices
 from state.checkpoint import load_weights
 from state.metric_sums import MetricSums
@@ -21,6 +21,7 @@ from utils.batch import batch_size_of, concatenate, to_device
 from utils.logger import progress_bar, setup_logger
 from utils.seed import seed_everything
 from utils.signals import StopRequest
+from utils.summary import describe, format_summary
 
 
 class TrainingStopped(Exception):
@@ -195,3 +196,14 @@ class Runner:
             load_weights(model, weights, source, partial=partial, log=self.log.warning)
         model.to(self.device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
         self.model, self.train_model, self.eval_model = distributed.wrap_model(model, args, self.device, self.world_size)
+
+    def describe_model(self):
+        """Log the model's summary and return it (parameter counts and size, for config.json) with the
+        inputs of its forward pass on two training samples (for the graph)."""
+        def forward():
+            batch = self.task.prepare_batch(self.to_device(first_samples(self.datasets["train"], 2)), False, None)
+            with self.autocast():
+                self.task.forward_batch(self.model, batch)
+        summary, inputs = describe(self.model, forward, self.log)
+        self.log.info(f"model {self.args.model_type}:\n{format_summary(summary)}")
+        return summary, inputs

@@ -18,8 +18,8 @@ import torch
 
 from cli.arguments import check_training_options, debug_run_suffix, json_value, parse_training_options, task_parser
 from cli.config_file import format_options
-from data.loader import first_samples
 from runner import Runner, TrainingStopped
+from state.branch import continued_in
 from state.checkpoint import (check_resumable, initial_weights, load_checkpoint, load_weights, make_checkpoint,
                               repair_best, weights_of)
 from state.progress import TrainingProgress
@@ -36,7 +36,6 @@ from utils.batch import batch_size_of
 from utils.errors import NonFiniteLoss, UserError, run_cli
 from utils.logger import close_logger, setup_logger
 from utils.seed import derived_seed, get_rng_state, seed_process_streams, set_rng_state
-from utils.summary import describe, format_summary
 
 
 class TrainerBase(Runner):
@@ -234,27 +233,20 @@ class TrainerBase(Runner):
         self.setup_data(run.read_split() if run else None)
         weights, source = (None, None) if checkpoint else initial_weights(args, self.log)
         self.setup_model(weights, source, partial=args.partial_load)
-        model_inputs = self.describe_model()
+        self.model_summary, model_inputs = self.describe_model()  # the summary goes into config.json
         self.ema = EMA(self.model, args.ema_decay, args.ema_warmup, args.ema_every_n_steps) if args.ema_decay else None
         self.setup_optimization()
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
+        suffix = debug_run_suffix(args) + self.callbacks.run_name_suffix
+        if checkpoint is not None:  # a new folder for an older state than the run's newest (state/branch.py)
+            run = continued_in(run, args.resume, checkpoint, suffix, self.log)
         self.run = run or RunFolder.create(args.output_dir or Path("Results") / args.proj_name, args.model_type,
-                                           self.main_process, debug_run_suffix(args) + self.callbacks.run_name_suffix)
+                                           self.main_process, suffix)
         self.open_run_folder()
         self.callbacks.trigger("on_fit_start", self)
         if checkpoint is None and args.log_graph and model_inputs is not None:
             self.run.write_graph(self.model, model_inputs, self.log)
-
-    def describe_model(self):
-        """Log the model summary, keep its numbers for config.json; return the inputs of its forward pass."""
-        def forward():
-            batch = self.task.prepare_batch(self.to_device(first_samples(self.datasets["train"], 2)), False, None)
-            with self.autocast():
-                self.task.forward_batch(self.model, batch)
-        self.model_summary, inputs = describe(self.model, forward, self.log)
-        self.log.info(f"model {self.args.model_type}:\n{format_summary(self.model_summary)}")
-        return inputs
 
     def setup_optimization(self):
         steps_per_epoch = -(-self.n_batches // self.args.accum_steps)

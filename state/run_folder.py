@@ -43,6 +43,7 @@ class RunFolder:
         self.writer = None
         self.lock_handle = None  # the open `.lock` while this process trains the run
         self.removed_at_close = False  # a run that failed before it saved anything: nothing to keep
+        self.branched_from = None  # the run folder this one continues from an older state (state/branch.py)
 
     @classmethod
     def create(cls, output_dir, model_type, writes=True, suffix=""):

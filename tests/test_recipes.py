@@ -250,6 +250,35 @@ def test_top_k_keeps_exactly_k_through_resumes_and_a_cut_between_save_and_delete
     assert len(state["callbacks"]["top_k"]["kept"]) == 2
 
 
+def epoch_steps(summary, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(summary))
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
+def test_a_resume_from_an_older_top_k_file_branches_and_leaves_the_run_as_it_was(fashion_dir, tmp_path, capsys):
+    """In place it would write epochs 4-5 twice into TensorBoard and delete the newer top-k file."""
+    flags = [*FLAGS, "--n_epoch", "5", "--save_top_k", "2", "--monitor", "val/loss", "--monitor_mode", "min",
+             "--log_every_n_steps", "2"]
+    run = train_vanilla(fashion_dir, tmp_path, *flags)
+    before = {path.name: path.read_bytes() for path in run.glob("*.pth")}
+    kept = load_plain(run / "Vanilla_last_ckpt.pth")["callbacks"]["top_k"]["kept"]
+    older = min(kept, key=lambda entry: entry["epoch"])["file"]
+    assert load_plain(run / older)["epoch"] < 5
+    capsys.readouterr()
+    assert VanillaTrainer.main(["--resume", str(run / older)]) == 0
+    assert {path.name: path.read_bytes() for path in run.glob("*.pth")} == before  # nothing replaced or deleted
+    assert epoch_steps(run / "summary", "val/loss") == [1, 2, 3, 4, 5]
+    branch = next(path for path in run_dirs(tmp_path) if path != run)
+    assert branch.name.endswith(f"_from_epoch{load_plain(run / older)['epoch']:03d}")
+    assert epoch_steps(branch / "summary", "val/loss") == [1, 2, 3, 4, 5]  # each epoch once
+    assert_same_weights(run, branch)  # the branch retrained the same epochs exactly
+    assert read_json(branch / "metrics.json")["test"] == read_json(run / "metrics.json")["test"]
+    error = capsys.readouterr().err
+    assert "continuing in a new run folder" in error and "cut short" not in error
+
+
 def test_the_lr_finder_leaves_the_run_as_without_it_and_its_suggestion_trains(fashion_dir, tmp_path):
     found = train_vanilla(fashion_dir, tmp_path / "found", *FLAGS, "--lr_find", "--lr_find_apply",
                           "--lr_find_steps", "120")

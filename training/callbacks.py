@@ -179,11 +179,15 @@ class Trackers(Callback):
         self.writer = None  # the run's writer, on the process that writes
 
     def on_fit_start(self, trainer):
-        args, resumed = trainer.args, trainer.checkpoint is not None
+        args, branched = trainer.args, trainer.run.branched_from is not None
+        resumed = trainer.checkpoint is not None and not branched
         # Events after the checkpoint's step were written by the interrupted process after it saved.
         trainer.run.open_writer(purge_step=trainer.progress.global_step + 1 if resumed else None,
                                 loggers=args.logger, options=trainer.options(), saved=self.saved if resumed else None)
         self.writer = trainer.writer
+        if branched:  # a new folder (state/branch.py): its curves start with the resumed history
+            for record in trainer.progress.history:
+                trainer.run.write_epoch_scalars(record)
 
     def on_save(self, trainer):
         if trainer.writer is not None:
