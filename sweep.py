@@ -33,9 +33,10 @@ from pathlib import Path
 
 from sweeps.runner import Sweep
 from sweeps.space import grid_size, parse_space
-from sweeps.study import open_study, record, sampler_maker
+from sweeps.storage import storage_spec
+from sweeps.study import open_study, pruner_settings, record, sampler_maker
 from sweeps.table import show_table, table_of
-from sweeps.task_script import check_space, load_trainer, task_options
+from sweeps.task_script import check_constraints, check_space, load_trainer, task_options
 from utils.errors import UserError, import_optional, run_cli
 
 
@@ -49,7 +50,17 @@ def build_parser():
     parser.add_argument("--n_trials", type=positive_int, default=None,
                         help="trials in the study, counting those of earlier starts (default 20; a grid: its size)")
     parser.add_argument("--name", default=None, help="the sweep's name: sweep_<name> and the study (default: the script's task)")
-    parser.add_argument("--storage", default=None, help="an Optuna database URL (default: sqlite, study.db in the sweep folder)")
+    parser.add_argument("--storage", default=None, metavar="URL",
+                        help="where the study lives: a sqlite:///, postgresql:// or mysql:// URL, or journal:PATH "
+                             "(default: study.db in the sweep folder, one machine)")
+    parser.add_argument("--heartbeat", type=positive_int, default=None, metavar="S",
+                        help="workers beat every S seconds; a trial whose worker missed two beats is retried by "
+                             "another (default: 60 on a database server or a journal, none on SQLite)")
+    parser.add_argument("--trial_dir", type=Path, default=None, metavar="FOLDER",
+                        help="where the trials' run folders go (default: the sweep folder); on storage every "
+                             "worker reaches, a retried trial resumes from its checkpoint")
+    parser.add_argument("--nproc_per_trial", type=positive_int, default=1, metavar="N",
+                        help="processes of each trial (DDP with torchrun; rank 0 talks to the study)")
     parser.add_argument("--sampler", choices=("tpe", "random"), default="tpe",
                         help="how values are drawn (a grid: space visits its points in order)")
     parser.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
@@ -75,7 +86,7 @@ def main(argv=None):
     args = parser.parse_args(own)
     import_optional("optuna", "optuna", "sweep.py")
     if os.name == "nt":
-        raise UserError("sweep.py needs Linux or macOS: it coordinates trials with flock file locks")
+        raise UserError("sweep.py needs Linux or macOS: a trial's process holds an flock file lock")
     if args.table is not None:
         return table_of(args.table, args.storage)
     if args.script is None or not args.space:
@@ -86,6 +97,7 @@ def main(argv=None):
     trainer = load_trainer(args.script)
     task_parser, options = task_options(trainer, task_argv)
     check_space(params, task_parser, task_argv)
+    check_constraints(params, task_parser, task_argv, trainer.task_class.metric_names)
     grid = grid_size(params)
     n_trials = args.n_trials if args.n_trials is not None else grid or 20
     if grid and n_trials > grid:
@@ -97,13 +109,23 @@ def main(argv=None):
     folder = ((options.output_dir or Path("Results") / options.proj_name) / f"sweep_{name}").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     direction = "maximize" if options.monitor_mode == "max" else "minimize"
-    storage = record(folder, {"script": str(Path(args.script).resolve()), "study": name, "task_options": task_argv,
-                              "space": {param.name: param.describe() for param in params}, "monitor": options.monitor,
-                              "direction": direction, "storage": args.storage,
-                              "resolved_options": resolved_options(options, params)})
-    study = open_study(storage, folder, name, direction, params, args)
-    print(f"sweep {name}: {n_trials} trials of {args.script}, {direction} {options.monitor}, in {folder}", flush=True)
-    sweep = Sweep(folder, study, sampler_maker(params, args), params, Path(args.script).resolve(), task_argv, n_trials, devices)
+    given = storage_spec(args.storage, folder) if args.storage else None
+    space = {param.name: param.describe() for param in params}
+    saved = record(folder, {"script": str(Path(args.script).resolve()), "study": name, "task_options": task_argv,
+                            "space": space, "monitor": options.monitor, "direction": direction,
+                            "storage": given.public if given else None,
+                            "resolved_options": resolved_options(options, params)})
+    spec = given or storage_spec(saved, folder)  # a saved URL has no password: PGPASSWORD or ~/.pgpass gives it
+    if args.heartbeat is None and spec.kind != "sqlite":
+        args.heartbeat = 60
+    study = open_study(spec, folder, name, direction, params, args,
+                       {"script": Path(args.script).name, "space": space, "monitor": options.monitor})
+    print(f"sweep {name}: {n_trials} trials of {args.script}, {direction} {options.monitor}, in {folder}"
+          + (f", study in {spec.public}" if args.storage or saved else ""), flush=True)
+    trial_dir = args.trial_dir.resolve() if args.trial_dir else None
+    sweep = Sweep(folder, study, sampler_maker(params, args), params, Path(args.script).resolve(), task_argv, n_trials,
+                  devices, storage=spec, heartbeat=args.heartbeat, trial_dir=trial_dir,
+                  nproc_per_trial=args.nproc_per_trial, pruner=pruner_settings(args))
     code = sweep.run(n_jobs)
     print()
     show_table(study, params, folder)
