@@ -134,7 +134,8 @@ class Sweep:
         if status in Status.FINAL:  # it ended while the sweep was not there to record it
             return self.tell(trial, folder, 0)
         retry = f" (retry of trial {frozen.system_attrs['failed_trial']})" if claim.how == "retried" else ""
-        if folder is not None and any(folder.glob("*_last_ckpt.pth")):
+        if folder is not None and folder.parent == self.trial_dir and any(folder.glob("*_last_ckpt.pth")):
+            # In this worker's --trial_dir (a shared one: any worker's trial): its checkpoint is continued.
             command, how = [self.script, "--resume", folder], f"resumed from {folder.name}{retry}"
         else:
             for old in [*self.trial_dir.glob(f"*_trial{number:04d}"), *self.trial_dir.glob(f"*_trial{number:04d}_*")]:
