@@ -23,8 +23,12 @@ class StorageSpec:
         """The URL without its password: what is recorded and shown."""
         if self.kind != "rdb":
             return self.url
-        from sqlalchemy.engine import make_url
-        return make_url(self.url).set(password=None).render_as_string(hide_password=False)
+        from urllib.parse import urlsplit
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        credentials, _, host = parts.netloc.rpartition("@")
+        return parts._replace(netloc=f"{credentials.partition(':')[0]}@{host}").geturl()
 
 
 def storage_spec(text, folder):
