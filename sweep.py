@@ -10,9 +10,12 @@ After `--` come the task script's own options, shared by every trial; `--space` 
 that vary (sweeps/space.py). The objective is the best value of the task's `--monitor` over
 a trial's epochs (maximised or minimised as its `--monitor_mode` says).
 
-- The study lives in an Optuna storage: `study.db` (SQLite) in the sweep folder unless `--storage`
-  names another database URL Optuna accepts (e.g. postgresql://...), which several machines can
-  share. `--n_jobs N` runs N trials at a time on this machine; with `--gpus 0,1,...` each gets one.
+- The study lives in an Optuna storage (sweeps/storage.py): `study.db` (SQLite) in the sweep folder,
+  or `--storage` postgresql://... / mysql://... / journal:PATH, which workers on many machines share
+  (nothing else: each keeps its trials' run folders, or puts them in a shared `--trial_dir`).
+  `--n_trials` is the study's total. A trial whose worker stops beating (`--heartbeat`) is retried
+  by another. `--n_jobs N` runs N trials at a time on this machine; with `--gpus 0,1,...` each gets
+  one; `--nproc_per_trial N` runs each under torchrun.
 - Each trial is an ordinary run of the script, `Results/<proj_name>/sweep_<name>/<timestamp>_trial<N>/`
   (config, checkpoints, TensorBoard, metrics.json), its console output in `logs/trial_<N>.txt`.
   After each epoch it reports the monitor to the pruner (`--pruner median` or `halving`); a pruned
@@ -23,9 +26,10 @@ a trial's epochs (maximised or minimised as its `--monitor_mode` says).
   change between starts (more `--n_trials`, other `--n_jobs`); the script, space and task options
   may not: another sweep needs another `--name`.
 - At the end it prints the trials (a row per trial, a column per swept option, the objective and
-  the test metrics, the best marked) and writes them to `trials.csv`;
-  `tensorboard --logdir <sweep folder>` shows every trial in the HPARAMS tab.
-Needs `pip install optuna` (SQLAlchemy comes with it). Linux and macOS (it locks files with flock).
+  the test metrics, the best marked) and writes them to `trials.csv`; `--table` adds the parameters'
+  importances and PNG plots; `tensorboard --logdir <sweep folder>` shows every trial in HPARAMS.
+Needs `pip install optuna` (SQLAlchemy comes with it). Linux and macOS (a trial's process holds an
+flock on a local file of its worker, which tells a sweep started again on that machine it is gone).
 """
 import os
 import sys
