@@ -21,14 +21,19 @@ class StorageSpec:
     @property
     def public(self):
         """The URL without its password: what is recorded and shown."""
-        if self.kind != "rdb":
-            return self.url
-        from urllib.parse import urlsplit
-        parts = urlsplit(self.url)
+        return without_password(self.url) if self.kind == "rdb" else self.url
+
+
+def without_password(url):
+    from urllib.parse import urlsplit
+    try:
+        parts = urlsplit(url)
         if parts.password is None:
-            return self.url
-        credentials, _, host = parts.netloc.rpartition("@")
-        return parts._replace(netloc=f"{credentials.partition(':')[0]}@{host}").geturl()
+            return url
+    except ValueError:  # not a URL: nothing to hide in it
+        return url
+    credentials, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{credentials.partition(':')[0]}@{host}").geturl()
 
 
 def storage_spec(text, folder):
@@ -44,10 +49,11 @@ def storage_spec(text, folder):
         return StorageSpec(text, "sqlite")
     scheme = text.partition(":")[0].partition("+")[0]
     if scheme not in DRIVERS or "://" not in text:
-        raise UserError(f"--storage {text}: expected a postgresql://, mysql:// or sqlite:/// URL, or journal:PATH")
+        raise UserError(f"--storage {without_password(text)}: expected a postgresql://, mysql:// or sqlite:/// URL, "
+                        "or journal:PATH")
     if "+" not in text.partition(":")[0]:  # the driver the README names, whichever SQLAlchemy would pick
         module, package = DRIVERS[scheme]
-        import_optional(module, package, f"--storage {scheme}://")
+        import_optional(module, package, f"--storage {scheme}://")  # a one-line error naming the pip command
     return StorageSpec(text, "rdb")
 
 
