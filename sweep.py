@@ -10,9 +10,12 @@ After `--` come the task script's own options, shared by every trial; `--space` 
 that vary (sweeps/space.py). The objective is the best value of the task's `--monitor` over
 a trial's epochs (maximised or minimised as its `--monitor_mode` says).
 
-- The study lives in an Optuna storage: `study.db` (SQLite) in the sweep folder unless `--storage`
-  names another database URL Optuna accepts (e.g. postgresql://...), which several machines can
-  share. `--n_jobs N` runs N trials at a time on this machine; with `--gpus 0,1,...` each gets one.
+- The study lives in an Optuna storage (sweeps/storage.py): `study.db` (SQLite) in the sweep folder,
+  or `--storage` postgresql://... / mysql://... / journal:PATH, which workers on many machines share
+  (nothing else: each keeps its trials' run folders, or puts them in a shared `--trial_dir`).
+  `--n_trials` is the study's total. A trial whose worker stops beating (`--heartbeat`) is retried
+  by another. `--n_jobs N` runs N trials at a time on this machine; with `--gpus 0,1,...` each gets
+  one; `--nproc_per_trial N` runs each under torchrun.
 - Each trial is an ordinary run of the script, `Results/<proj_name>/sweep_<name>/<timestamp>_trial<N>/`
   (config, checkpoints, TensorBoard, metrics.json), its console output in `logs/trial_<N>.txt`.
   After each epoch it reports the monitor to the pruner (`--pruner median` or `halving`); a pruned
@@ -23,9 +26,10 @@ a trial's epochs (maximised or minimised as its `--monitor_mode` says).
   change between starts (more `--n_trials`, other `--n_jobs`); the script, space and task options
   may not: another sweep needs another `--name`.
 - At the end it prints the trials (a row per trial, a column per swept option, the objective and
-  the test metrics, the best marked) and writes them to `trials.csv`;
-  `tensorboard --logdir <sweep folder>` shows every trial in the HPARAMS tab.
-Needs `pip install optuna` (SQLAlchemy comes with it). Linux and macOS (it locks files with flock).
+  the test metrics, the best marked) and writes them to `trials.csv`; `--table` adds the parameters'
+  importances and PNG plots; `tensorboard --logdir <sweep folder>` shows every trial in HPARAMS.
+Needs `pip install optuna` (SQLAlchemy comes with it). Linux and macOS (a trial's process holds an
+flock on a local file of its worker, which tells a sweep started again on that machine it is gone).
 """
 import os
 import sys
@@ -33,9 +37,10 @@ from pathlib import Path
 
 from sweeps.runner import Sweep
 from sweeps.space import grid_size, parse_space
-from sweeps.study import open_study, record, sampler_maker
+from sweeps.storage import storage_spec
+from sweeps.study import open_study, pruner_settings, record, sampler_maker
 from sweeps.table import show_table, table_of
-from sweeps.task_script import check_space, load_trainer, task_options
+from sweeps.task_script import check_constraints, check_space, load_trainer, task_options
 from utils.errors import UserError, import_optional, run_cli
 
 
@@ -49,7 +54,17 @@ def build_parser():
     parser.add_argument("--n_trials", type=positive_int, default=None,
                         help="trials in the study, counting those of earlier starts (default 20; a grid: its size)")
     parser.add_argument("--name", default=None, help="the sweep's name: sweep_<name> and the study (default: the script's task)")
-    parser.add_argument("--storage", default=None, help="an Optuna database URL (default: sqlite, study.db in the sweep folder)")
+    parser.add_argument("--storage", default=None, metavar="URL",
+                        help="where the study lives: a sqlite:///, postgresql:// or mysql:// URL, or journal:PATH "
+                             "(default: study.db in the sweep folder, one machine)")
+    parser.add_argument("--heartbeat", type=positive_int, default=None, metavar="S",
+                        help="workers beat every S seconds; a trial whose worker missed two beats is retried by "
+                             "another (default: 60 on a database server or a journal, none on SQLite)")
+    parser.add_argument("--trial_dir", type=Path, default=None, metavar="FOLDER",
+                        help="where the trials' run folders go (default: the sweep folder); on storage every "
+                             "worker reaches, a retried trial resumes from its checkpoint")
+    parser.add_argument("--nproc_per_trial", type=positive_int, default=1, metavar="N",
+                        help="processes of each trial (DDP with torchrun; rank 0 talks to the study)")
     parser.add_argument("--sampler", choices=("tpe", "random"), default="tpe",
                         help="how values are drawn (a grid: space visits its points in order)")
     parser.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
@@ -75,7 +90,7 @@ def main(argv=None):
     args = parser.parse_args(own)
     import_optional("optuna", "optuna", "sweep.py")
     if os.name == "nt":
-        raise UserError("sweep.py needs Linux or macOS: it coordinates trials with flock file locks")
+        raise UserError("sweep.py needs Linux or macOS: a trial's process holds an flock file lock")
     if args.table is not None:
         return table_of(args.table, args.storage)
     if args.script is None or not args.space:
@@ -86,6 +101,7 @@ def main(argv=None):
     trainer = load_trainer(args.script)
     task_parser, options = task_options(trainer, task_argv)
     check_space(params, task_parser, task_argv)
+    check_constraints(params, task_parser, task_argv, trainer.task_class.metric_names)
     grid = grid_size(params)
     n_trials = args.n_trials if args.n_trials is not None else grid or 20
     if grid and n_trials > grid:
@@ -97,13 +113,23 @@ def main(argv=None):
     folder = ((options.output_dir or Path("Results") / options.proj_name) / f"sweep_{name}").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     direction = "maximize" if options.monitor_mode == "max" else "minimize"
-    storage = record(folder, {"script": str(Path(args.script).resolve()), "study": name, "task_options": task_argv,
-                              "space": {param.name: param.describe() for param in params}, "monitor": options.monitor,
-                              "direction": direction, "storage": args.storage,
-                              "resolved_options": resolved_options(options, params)})
-    study = open_study(storage, folder, name, direction, params, args)
-    print(f"sweep {name}: {n_trials} trials of {args.script}, {direction} {options.monitor}, in {folder}", flush=True)
-    sweep = Sweep(folder, study, sampler_maker(params, args), params, Path(args.script).resolve(), task_argv, n_trials, devices)
+    given = storage_spec(args.storage, folder) if args.storage else None
+    space = {param.name: param.describe() for param in params}
+    saved = record(folder, {"script": str(Path(args.script).resolve()), "study": name, "task_options": task_argv,
+                            "space": space, "monitor": options.monitor, "direction": direction,
+                            "storage": given.public if given else None,
+                            "resolved_options": resolved_options(options, params)})
+    spec = given or storage_spec(saved, folder)  # a saved URL has no password: PGPASSWORD or ~/.pgpass gives it
+    if args.heartbeat is None and spec.kind != "sqlite":
+        args.heartbeat = 60
+    study = open_study(spec, folder, name, direction, params, args,
+                       {"script": Path(args.script).name, "space": space, "monitor": options.monitor})
+    print(f"sweep {name}: {n_trials} trials of {args.script}, {direction} {options.monitor}, in {folder}"
+          + (f", study in {spec.public}" if args.storage or saved else ""), flush=True)
+    trial_dir = args.trial_dir.resolve() if args.trial_dir else None
+    sweep = Sweep(folder, study, sampler_maker(params, args), params, Path(args.script).resolve(), task_argv, n_trials,
+                  devices, storage=spec, heartbeat=args.heartbeat, trial_dir=trial_dir,
+                  nproc_per_trial=args.nproc_per_trial, pruner=pruner_settings(args))
     code = sweep.run(n_jobs)
     print()
     show_table(study, params, folder)

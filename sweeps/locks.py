@@ -1,19 +1,7 @@
-"""File locks (flock) that coordinate the sweep processes sharing a sweep folder: one at a time
-reads and changes the study, and a running trial's lock says that a live process owns it."""
+"""File locks (flock) on a worker's own, local sweep folder: a running trial's lock says that a live
+process owns it (a sweep started again on that machine continues a trial whose lock is free).
+Claims between workers go through the storage (sweeps/claims.py), never through files."""
 import os
-from contextlib import contextmanager
-
-
-@contextmanager
-def file_lock(path):
-    """An exclusive flock on `path` for the block (waits for it)."""
-    import fcntl
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def try_lock(path):

@@ -1,6 +1,7 @@
-"""The Sweep: worker threads that claim trials (a new one, or one whose process is gone), run each
-as a process of the task script, answer its reports with the pruner's decision, and tell the study
-how it ended. Several sweep processes may share one study: the locks keep them apart."""
+"""The Sweep: worker threads that claim trials through the storage (sweeps/claims.py), run each as a
+process of the task script (with torchrun for --nproc_per_trial), beat for it while it runs, and tell
+the study how it ended. The trial's process reports its epochs to the study itself (sweeps/link.py).
+Sweep processes on any number of machines may share one study: they share nothing but its storage."""
 import json
 import math
 import os
@@ -12,23 +13,42 @@ import time
 from pathlib import Path
 
 from state.status import Status
-from sweeps import locks
+from sweeps.claims import Claims
+from sweeps.heartbeat import Heartbeat
 from sweeps.link import ENVIRONMENT
 from sweeps.space import as_argument
+from sweeps.storage import storage_spec
 from sweeps.table import read_metrics
+
+# Run in the trial's place: Linux sends it SIGTERM when the sweep dies (torchrun passes it on to the
+# ranks, which save their state), then it becomes torchrun.
+TORCHRUN = ("import ctypes, os, signal, sys\n"
+            "ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)\n"
+            "os.getppid() == int(sys.argv[1]) or os.kill(os.getpid(), signal.SIGTERM)\n"
+            "os.execv(sys.executable, [sys.executable, '-m', 'torch.distributed.run', *sys.argv[2:]])")
 
 
 class Sweep:
     """This process's share of the study's trials: worker threads, each running one trial process at a
-    time (on its GPU when there are `devices`), until the study holds `n_trials`."""
+    time (on its GPU when there are `devices`), until the study holds `n_trials` parameter sets, each
+    ended once. `storage` is the study's StorageSpec (default: study.db in `folder`), `heartbeat` the
+    period of the workers' beats (None: none), `trial_dir` where the trials' run folders go (default:
+    `folder`), `nproc_per_trial` the processes of each trial (torchrun), `pruner` its settings."""
 
-    def __init__(self, folder, study, make_sampler, params, script, task_argv, n_trials, devices):
+    def __init__(self, folder, study, make_sampler, params, script, task_argv, n_trials, devices, storage=None,
+                 heartbeat=None, trial_dir=None, nproc_per_trial=1, pruner=None):
         self.folder, self.study, self.make_sampler, self.params = folder, study, make_sampler, params
         self.script, self.task_argv, self.n_trials = script, task_argv, n_trials
-        self.devices = devices
+        self.devices, self.nproc_per_trial = devices, nproc_per_trial
+        self.storage = storage or storage_spec(None, folder)
+        self.trial_dir = Path(trial_dir or folder)
+        self.pruner = pruner or {"pruner": "none"}
+        self.beats = Heartbeat(study._storage, self.storage.kind, heartbeat)
+        self.claims = Claims(study, folder, params, make_sampler, n_trials, self.beats)
         self.lock = threading.Lock()  # one thread at a time talks to the study
         self.stopping = threading.Event()
         self.children = {}  # trial number -> its process
+        self.stopped_alone = {}  # trial number -> how often its process stopped while the sweep did not
         self.failed = False  # a worker died of an exception (its traceback is printed)
         self.ran = 0  # trials this process ran or resumed
         (folder / "logs").mkdir(exist_ok=True)
@@ -50,6 +70,7 @@ class Sweep:
                     self.stop(signal.SIGINT)
         finally:
             signal.signal(signal.SIGTERM, previous)
+            self.beats.stopped.set()
         for thread in threads:
             thread.join()
         if self.failed:
@@ -75,156 +96,118 @@ class Sweep:
     def worker(self, device):
         try:
             while not self.stopping.is_set():
-                job = self.claim()
-                if job is None:
+                claim = self.claim()
+                if claim is None:
                     return
-                if job == "wait":  # trials that other processes still run: they may need resuming here
-                    self.stopping.wait(2)
+                if claim == "wait":  # trials that other workers still run: they may need a retry here
+                    self.stopping.wait(min(2, self.beats.interval or 2))
                     continue
                 self.ran += 1
                 try:
-                    self.run_trial(*job, device)
+                    self.run_trial(claim, device)
                 finally:
-                    os.close(job[1])
+                    self.beats.remove(claim.trial._trial_id)
+                    os.close(claim.lock_fd)
         except BaseException:  # a bug, or the storage gone: the other trials stop and save too
             self.failed = True
             self.stop(signal.SIGTERM)
             raise
 
-    def trial_lock(self, number):
-        return self.folder / "logs" / f"trial_{number:04d}.lock"
-
     def claim(self):
-        """The next trial to run here: a running trial whose process is gone, else a new one.
-        Returns (trial, lock descriptor, values, whether new), "wait", or None when the study is done."""
-        import optuna
-        from optuna.trial import TrialState
-        with self.lock, locks.file_lock(self.folder / "sweep.lock"):
-            trials = self.study.get_trials(deepcopy=False)
-            for frozen in trials:
-                if frozen.state == TrialState.RUNNING:
-                    fd = locks.try_lock(self.trial_lock(frozen.number))
-                    if fd is None:
-                        continue
-                    frozen = self.study._storage.get_trial(frozen._trial_id)  # as it is now that it is ours
-                    if frozen.state != TrialState.RUNNING:  # told by its process between the read and the lock
-                        os.close(fd)
-                        continue
-                    if set(frozen.params) != {param.name for param in self.params}:  # killed while drawing
-                        self.study.tell(frozen.number, state=TrialState.FAIL)
-                        print(f"trial {frozen.number} failed (stopped before its values were drawn)", flush=True)
-                        os.close(fd)
-                        continue
-                    return optuna.trial.Trial(self.study, frozen._trial_id), fd, frozen.params, False
-            started = sum(frozen.state != TrialState.WAITING for frozen in trials)
-            if started < self.n_trials:
-                # Seeded by the trial's place: a sweep started again draws what it would have drawn.
-                self.study.sampler = self.make_sampler(started)
-                trial = self.study.ask()
-                values = {param.name: param.suggest(trial) for param in self.params}
-                fd = locks.try_lock(self.trial_lock(trial.number))
-                assert fd is not None, f"trial {trial.number} is new, its lock must be free"
-                return trial, fd, values, True
-            return "wait" if any(frozen.state == TrialState.RUNNING for frozen in trials) else None
+        """The next Claim of this worker (see Claims.next)."""
+        with self.lock:
+            return self.claims.next()
 
     def frozen(self, trial):
         """The trial as the storage has it now (Optuna has no public read of one trial)."""
         with self.lock:
             return self.study._storage.get_trial(trial._trial_id)
 
-    def run_trial(self, trial, lock_fd, values, new, device):
+    def run_trial(self, claim, device):
         if self.stopping.is_set():  # it stays running in the study: the next start takes it
             return
+        trial, values = claim.trial, claim.values
         number, frozen = trial.number, self.frozen(trial)
         folder = Path(frozen.user_attrs["run_folder"]) if "run_folder" in frozen.user_attrs else None
         status = read_metrics(folder).get("status")
         shown = " ".join(f"{name}={as_argument(value)}" for name, value in values.items())
         if status in Status.FINAL:  # it ended while the sweep was not there to record it
             return self.tell(trial, folder, 0)
-        if folder is not None and any(folder.glob("*_last_ckpt.pth")):
-            command, how = [self.script, "--resume", folder], f"resumed from {folder.name}"
+        retry = f" (retry of trial {frozen.system_attrs['failed_trial']})" if claim.how == "retried" else ""
+        if folder is not None and folder.parent == self.trial_dir and any(folder.glob("*_last_ckpt.pth")):
+            # In this worker's --trial_dir (a shared one: any worker's trial): its checkpoint is continued.
+            command, how = [self.script, "--resume", folder], f"resumed from {folder.name}{retry}"
         else:
-            for old in [*self.folder.glob(f"*_trial{number:04d}"), *self.folder.glob(f"*_trial{number:04d}_*")]:
+            for old in [*self.trial_dir.glob(f"*_trial{number:04d}"), *self.trial_dir.glob(f"*_trial{number:04d}_*")]:
                 if old.is_dir() and old.suffix != ".restarted":  # it saved nothing: it starts again, this set aside
                     old.rename(old.with_name(old.name + ".restarted"))
             command = [self.script, *self.task_argv, *(item for name, value in values.items()
                                                        for item in (f"--{name}", as_argument(value))),
-                       "--output_dir", self.folder]
-            how = "started" if new else "started again"
+                       "--output_dir", self.trial_dir]
+            how = {"started": "started", "continued": "started again"}.get(claim.how, f"started again{retry}")
         print(f"trial {number} {how}: {shown}", flush=True)
-        code = self.launch(trial, [sys.executable, *map(str, command)], lock_fd, device)
+        code = self.launch(trial, list(map(str, command)), claim.lock_fd, device)
         folder = self.frozen(trial).user_attrs.get("run_folder")
         folder = Path(folder) if folder else None
-        if self.stopping.is_set() and read_metrics(folder).get("status") not in Status.FINAL:
+        status = read_metrics(folder).get("status")
+        if self.stopping.is_set() and status not in Status.FINAL:
             print(f"trial {number} stopped (it continues when the sweep is started again)", flush=True)
+            return
+        if status == Status.INTERRUPTED and self.stopped_alone.setdefault(number, 0) < 3:
+            # It stopped with its state saved while the sweep did not stop (a pruning answer it could
+            # not get): it is running still, for the study, and continues at this worker's next claim.
+            self.stopped_alone[number] += 1
+            print(f"trial {number} stopped ({last_line(self.log_path(number))}); it continues", flush=True)
             return
         self.tell(trial, folder, code)
 
+    def log_path(self, number):
+        return self.folder / "logs" / f"trial_{number:04d}.txt"
+
     def launch(self, trial, command, lock_fd, device):
-        """Run the trial's process, answering its reports; returns its exit code."""
-        to_child, from_child = os.pipe(), os.pipe()
-        spec = {"trial": trial.number, "fds": [to_child[0], from_child[1]], "parent": os.getpid()}
+        """Run the trial's process (`command`: the script and its options; with --nproc_per_trial, under
+        torchrun) and wait for it; returns its exit code. Rank 0 talks to the study (sweeps/link.py)."""
+        spec = {"trial": trial.number, "trial_id": trial._trial_id, "study": self.study.study_name,
+                "storage": self.storage.url, "pruner": self.pruner, "parent": os.getpid()}
         env = {**os.environ, ENVIRONMENT: json.dumps(spec)}
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
-        if self.n_jobs > 1 and "OMP_NUM_THREADS" not in os.environ:  # the trials share this machine's cores
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.n_jobs))
-        with open(self.folder / "logs" / f"trial_{trial.number:04d}.txt", "a") as log:
+        processes = self.n_jobs * self.nproc_per_trial
+        if processes > 1 and "OMP_NUM_THREADS" not in os.environ:  # the trials share this machine's cores
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+        if self.nproc_per_trial > 1:
+            command = [sys.executable, "-c", TORCHRUN, str(os.getpid()), "--standalone",
+                       f"--nproc_per_node={self.nproc_per_trial}", *command]
+        elif command[0] != sys.executable:
+            command = [sys.executable, *command]
+        with open(self.log_path(trial.number), "a") as log:
             # Its own session: a Ctrl+C reaches the sweep alone, which passes it on once per press.
             process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       pass_fds=(to_child[0], from_child[1], lock_fd), start_new_session=True)
+                                       pass_fds=(lock_fd,), start_new_session=True)
         self.children[trial.number] = process
         if self.stopping.is_set():
             process.send_signal(signal.SIGTERM)
-        os.close(to_child[0])
-        os.close(from_child[1])
-        with os.fdopen(from_child[0]) as reader, os.fdopen(to_child[1], "w") as writer:
-            for line in reader:
-                message = json.loads(line)
-                if "run_folder" in message:
-                    with self.lock:
-                        trial.set_user_attr("run_folder", str(Path(message["run_folder"]).resolve()))
-                    answer = {}
-                else:
-                    answer = {"prune": self.decide(trial, message["epoch"], message["value"], message.get("last"))}
-                try:
-                    writer.write(json.dumps(answer) + "\n")
-                    writer.flush()
-                except BrokenPipeError:
-                    break
         code = process.wait()
         del self.children[trial.number]
         return code
 
-    def decide(self, trial, epoch, value, last=False):
-        """Report the trial's monitor after `epoch`; whether the pruner stops it there (never after
-        its `last` epoch: it is trained, it gets its test). An epoch reported before (a resumed trial
-        that repeats it) gets the decision it got then."""
-        frozen = self.frozen(trial)
-        with self.lock:
-            if epoch in frozen.intermediate_values:
-                return frozen.user_attrs.get("pruned_at") == epoch
-            trial.report(float(value), epoch)
-            prune = not last and bool(trial.should_prune())
-            if prune:
-                trial.set_user_attr("pruned_at", epoch)
-        return prune
-
     def tell(self, trial, folder, code):
+        import optuna
         from optuna.trial import TrialState
         metrics = read_metrics(folder)
         status, best = metrics.get("status"), metrics.get("best_value")
-        with self.lock, locks.file_lock(self.folder / "sweep.lock"):  # never between another process's read and lock
-            if status == Status.PRUNED:  # the status is written last: the run got that far, whatever its exit code
-                self.study.tell(trial.number, state=TrialState.PRUNED)
-                outcome = f"pruned after epoch {metrics.get('epochs_done')}"
-            elif status in Status.FINAL and isinstance(best, (int, float)) and math.isfinite(best):
-                self.study.tell(trial.number, best)
-                outcome = f"complete: best {metrics.get('monitor')} {best:.6g}"
-            else:
-                self.study.tell(trial.number, state=TrialState.FAIL)
-                log = self.folder / "logs" / f"trial_{trial.number:04d}.txt"
-                outcome = f"failed (exit code {code}: {last_line(log)}; see {log})"
+        if status == Status.PRUNED:  # the status is written last: the run got that far, whatever its exit code
+            told, outcome = {"state": TrialState.PRUNED}, f"pruned after epoch {metrics.get('epochs_done')}"
+        elif status in Status.FINAL and isinstance(best, (int, float)) and math.isfinite(best):
+            told, outcome = {"values": best}, f"complete: best {metrics.get('monitor')} {best:.6g}"
+        else:
+            log = self.log_path(trial.number)
+            told, outcome = {"state": TrialState.FAIL}, f"failed (exit code {code}: {last_line(log)}; see {log})"
+        try:
+            with self.lock:
+                self.study.tell(trial.number, **told)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # failed meanwhile by a worker that
+            outcome = "was failed by another worker meanwhile (no heartbeat reached it); its retry counts"
         print(f"trial {trial.number} {outcome}", flush=True)
 
 

@@ -1,50 +1,72 @@
-"""The sweep's Optuna study: sweep.json (what defines the sweep), the storage it lives in, opening
-it with its pruner (a grid's points enqueued), and the seeded sampler of each new trial."""
+"""The sweep's Optuna study: sweep.json (what defines the sweep), opening the study in its storage
+(sweeps/storage.py) with its pruner (a grid's points enqueued), and the seeded sampler of each new trial."""
 import itertools
 import json
 from pathlib import Path
 
 from sweeps.space import grid_size
+from sweeps.storage import open_storage, storage_spec
 from utils.errors import UserError
 
 
-def storage_for(url, folder):
-    """Optuna's storage of `url` (None: study.db in the sweep `folder`); SQLite waits for its lock
-    instead of failing while other processes write."""
+def make_pruner(settings):
+    """Optuna's pruner of the sweep's settings {"pruner", "startup_trials", "warmup_epochs"}: the
+    sweep builds it, and so does each trial, which takes its decisions itself (sweeps/link.py)."""
     import optuna
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = url or f"sqlite:///{Path(folder).resolve() / 'study.db'}"
-    if url.startswith("sqlite:"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 300}})
-    return url
+    kind = settings["pruner"]
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=settings["startup_trials"],
+                                           n_warmup_steps=settings["warmup_epochs"])
+    if kind == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, settings["warmup_epochs"]))
+    return optuna.pruners.NopPruner()
 
 
-def open_study(url, folder, name, direction, params, args):
+def pruner_settings(args):
+    return {"pruner": args.pruner, "startup_trials": args.startup_trials, "warmup_epochs": args.warmup_epochs}
+
+
+def open_study(spec, folder, name, direction, params, args, definition=None):
+    """The study `name` in the storage of `spec` (a StorageSpec; None: study.db in `folder`), created
+    when it does not exist; a grid's points queued once. `definition` (what defines the sweep: its
+    script's name, space, monitor) is kept in the study, and a worker with another one is refused."""
     import optuna
+    spec = spec or storage_spec(None, folder)
     try:
-        storage = storage_for(url, folder)
-        pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials,
-                                                                n_warmup_steps=args.warmup_epochs),
-                  "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, args.warmup_epochs)),
-                  "none": optuna.pruners.NopPruner}[args.pruner]()
-        study = optuna.create_study(storage=storage, study_name=name, direction=direction,
-                                    sampler=sampler_maker(params, args)(0), pruner=pruner, load_if_exists=True)
+        study = optuna.create_study(storage=open_storage(spec, getattr(args, "heartbeat", None)), study_name=name,
+                                    direction=direction, sampler=sampler_maker(params, args)(0),
+                                    pruner=make_pruner(pruner_settings(args)), load_if_exists=True)
         if grid_size(params):  # every point, in order, once: the trials asked next take them
             for point in itertools.product(*(param.values for param in params)):
                 study.enqueue_trial(dict(zip((param.name for param in params), point)), skip_if_exists=True)
-        return study
     except Exception as error:  # a bad URL, a missing driver, a database that does not answer (SQLAlchemy's errors)
-        raise UserError(f"--storage {url or folder / 'study.db'}: {type(error).__name__}: "
-                        f"{str(error).splitlines()[0]}") from None
+        raise UserError(f"--storage {spec.public}: {type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else 'no answer'}") from None
+    if definition is not None:
+        check_definition(study, definition, spec)
+    return study
+
+
+def check_definition(study, definition, spec):
+    """The study's sweep is this one: the same script, space and monitor (the first worker records them)."""
+    saved = study.user_attrs.get("sweep")
+    if saved is None:
+        study.set_user_attr("sweep", definition)
+        return
+    differ = [f"{key} {saved.get(key)!r} there, {value!r} here" for key, value in definition.items()
+              if saved.get(key) != value]
+    if differ:
+        raise UserError(f"--storage {spec.public}: the study {study.study_name} is another sweep's ({'; '.join(differ)}); "
+                        "give this one another --name")
 
 
 def sampler_maker(params, args):
-    """A function of the number of trials started so far to the sampler of the next one, seeded
-    with --seed and that number."""
+    """A function of a new trial's slot (its place among the study's parameter sets, sweeps/claims.py)
+    to its sampler, seeded with --seed and that slot."""
     import optuna
 
-    def make(started):
-        seed = (args.seed * 1_000_003 + started) % 2**32
+    def make(slot):
+        seed = (args.seed * 1_000_003 + slot) % 2**32
         if args.sampler == "random" or grid_size(params):  # a grid's trials are enqueued: nothing is drawn
             return optuna.samplers.RandomSampler(seed=seed)
         return optuna.samplers.TPESampler(seed=seed)

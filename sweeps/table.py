@@ -1,10 +1,12 @@
-"""The sweep's table: a row per trial (its swept values, objective, epochs, test metrics and run
-folder, the best marked), printed and written to trials.csv; and a trial's metrics.json."""
+"""The sweep's table: a row per trial (its swept values, objective, epochs, test metrics, run folder,
+the worker that ran it and the trial it retries, the best marked), printed and written to trials.csv
+with the parameters' importances and the plots beside it (sweeps/plots.py); and a trial's metrics.json."""
 import json
 from pathlib import Path
 
 from sweeps.space import parse_param
-from sweeps.study import read_json_file, storage_for
+from sweeps.storage import open_storage, storage_spec
+from sweeps.study import read_json_file
 
 
 def read_metrics(folder):
@@ -19,27 +21,33 @@ def read_metrics(folder):
 
 
 def trial_table(study, params):
-    """(header, rows of plain values) of every trial: number, state, swept values, the objective,
-    epochs, test metrics, run folder; the best trial marked with *."""
+    """(header, rows of plain values) of every trial: number, state ("retried" for a trial failed with
+    its worker and queued again), swept values, the objective, epochs, test metrics, run folder, the
+    worker's host and the trial retried; the best trial marked with *. Slots queued for a larger
+    --n_trials (no values yet) are left out."""
     from optuna.trial import TrialState
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING or t.params]
     try:
         best = study.best_trial.number
     except ValueError:  # no trial completed yet
         best = None
+    retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
     metrics = {t.number: read_metrics(t.user_attrs["run_folder"]) if "run_folder" in t.user_attrs else {}
                for t in trials}
     monitor = next((m["monitor"] for m in metrics.values() if "monitor" in m), "objective")
     tests = list(dict.fromkeys(name for m in metrics.values() for name in (m.get("test") or {})))
-    header = ["best", "trial", "state", *(param.name for param in params), f"best {monitor}", "epochs", *tests, "run"]
+    header = ["best", "trial", "state", *(param.name for param in params), f"best {monitor}", "epochs", *tests, "run",
+              "worker", "retry of"]
     rows = []
     for t in trials:
         m = metrics[t.number]
         value = t.value if t.state == TrialState.COMPLETE else m.get("best_value")
-        rows.append(["*" if t.number == best else "", t.number, t.state.name.lower(),
+        state = "retried" if t.number in retried and t.state == TrialState.FAIL else t.state.name.lower()
+        rows.append(["*" if t.number == best else "", t.number, state,
                      *(t.params.get(param.name) for param in params), value, m.get("epochs_done"),
                      *((m.get("test") or {}).get(name) for name in tests),
-                     Path(t.user_attrs["run_folder"]).name if "run_folder" in t.user_attrs else None])
+                     Path(t.user_attrs["run_folder"]).name if "run_folder" in t.user_attrs else None,
+                     t.user_attrs.get("worker", ":").partition(":")[0] or None, t.system_attrs.get("failed_trial")])
     return header, rows
 
 
@@ -59,12 +67,28 @@ def show_table(study, params, folder):
     print(f"\n{folder / 'trials.csv'}; every trial in TensorBoard's HPARAMS tab: tensorboard --logdir {folder}")
 
 
+def show_analysis(study, params, folder):
+    """The parameters' importances, printed, and the plots written beside trials.csv."""
+    from sweeps.plots import importances, write_plots
+    found, why = importances(study, params)
+    if found:
+        print("importance of the parameters (Optuna's default evaluator): "
+              + "  ".join(f"{name} {value:.3f}" for name, value in found.items()))
+    else:
+        print(f"no importances: {why}")
+    written = write_plots(study, params, found, folder)
+    print("plots: " + ", ".join(str(path) for path in written) + " (an interactive view: optuna-dashboard)")
+
+
 def table_of(folder, storage):
-    """Show the table of the sweep in `folder` (its study in `storage`, or where sweep.json says)."""
+    """Show the table of the sweep in `folder` (its study in `storage`, or where sweep.json says), its
+    parameters' importances, and write the plots."""
     folder = Path(folder)
     saved = read_json_file(folder / "sweep.json")
     params = [parse_param(name, spec, str(folder / "sweep.json")) for name, spec in saved["space"].items()]
     import optuna
-    study = optuna.load_study(study_name=saved["study"], storage=storage_for(storage or saved.get("storage"), folder))
+    spec = storage_spec(storage or saved.get("storage"), folder)
+    study = optuna.load_study(study_name=saved["study"], storage=open_storage(spec))
     show_table(study, params, folder)
+    show_analysis(study, params, folder)
     return 0

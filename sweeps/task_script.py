@@ -61,3 +61,25 @@ def check_space(params, parser, argv):
                 raise UserError(f"--space {name}={param.describe()}: the task refuses {as_argument(value)} ({message})")
             parser.error = fail
             parser.parse_args([*argv, f"--{name}", as_argument(value)])
+
+
+def check_constraints(params, parser, argv, metric_names):
+    """The checks a training run makes of its options as a whole (cli/arguments.py), made before any
+    trial starts for every corner of the space (each range's ends, each choice): a trial that would
+    fail at start is refused here, in one line, instead of using up the budget."""
+    import itertools
+
+    from cli.arguments import check_training_options
+    corners = list(itertools.islice(itertools.product(*(param.examples() for param in params)), 4096))
+    for corner in corners:
+        values = dict(zip((param.name for param in params), corner))
+        args = parser.parse_args([*argv, *(item for name, value in values.items()
+                                           for item in (f"--{name}", as_argument(value)))])
+        try:
+            check_training_options(args, metric_names)
+        except UserError as error:
+            ranges = ", ".join(f"{param.name}={param.describe()}" for param in params
+                               if f"--{param.name} " in f"{error} " or f"--{param.name}:" in str(error))
+            raise UserError(f"--space {ranges or ', '.join(f'{p.name}={p.describe()}' for p in params)}: a trial "
+                            f"would be refused when it draws {' '.join(f'--{n} {as_argument(v)}' for n, v in values.items())}"
+                            f" ({error}); narrow the range or change the fixed option") from None

@@ -17,6 +17,8 @@ from helpers import ROOT, assert_same_weights, metric_history, read_json, refuse
 optuna = pytest.importorskip("optuna")
 import sweep  # noqa: E402  (after the skip: it needs optuna)
 from sweeps import locks  # noqa: E402
+from sweeps.claims import worker_name  # noqa: E402
+from sweeps.link import decide  # noqa: E402
 from sweeps.runner import Sweep  # noqa: E402
 from sweeps.study import open_study, sampler_maker  # noqa: E402
 from utils.errors import UserError  # noqa: E402
@@ -212,11 +214,12 @@ def test_ctrl_c_stops_the_trials_which_save_and_the_same_command_continues(fashi
 
 
 def test_a_trial_told_by_another_process_between_the_read_and_the_lock_is_not_taken(tmp_path, monkeypatch):
-    """Two sweep processes on one study: the other one finishes trial 0 right after this one read
-    the trials and before it locks trial 0's file."""
+    """Two sweep processes on one study and folder: the other one finishes trial 0 right after this
+    one read the trials and before it locks trial 0's file."""
     study, worker = in_process_sweep(tmp_path)
     running = study.ask()
     worker.params[0].suggest(running)
+    running.set_user_attr("worker", worker_name(tmp_path))  # this folder's trial, its process gone
     real_lock = locks.try_lock
 
     def told_meanwhile(path):
@@ -224,15 +227,17 @@ def test_a_trial_told_by_another_process_between_the_read_and_the_lock_is_not_ta
             study.tell(running, 0.5)  # the other process
         return real_lock(path)
     monkeypatch.setattr(locks, "try_lock", told_meanwhile)
-    trial, fd, values, new = worker.claim()
-    os.close(fd)
+    claim = worker.claim()
+    os.close(claim.lock_fd)
+    trial, values, new = claim.trial, claim.values, claim.how == "started"
     assert trial.number == 1 and new and set(values) == {"lr"}
 
 
 def test_each_trial_gets_its_gpu_and_a_share_of_the_cores(tmp_path):
     _, worker = in_process_sweep(tmp_path, devices=["0", "1"])
     worker.n_jobs = 2
-    trial, fd, _, _ = worker.claim()
+    claim = worker.claim()
+    trial, fd = claim.trial, claim.lock_fd
     seen = tmp_path / "seen.json"
     code = worker.launch(trial, [sys.executable, "-c", "import json, os, sys; json.dump({k: os.environ.get(k) for k in "
                                  f"('CUDA_VISIBLE_DEVICES', 'OMP_NUM_THREADS')}}, open({str(seen)!r}, 'w'))"], fd, "1")
@@ -246,13 +251,12 @@ def test_each_trial_gets_its_gpu_and_a_share_of_the_cores(tmp_path):
 def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path):
     study, worker = in_process_sweep(tmp_path)
     study.pruner = optuna.pruners.ThresholdPruner(lower=1.0)  # prunes any value below 1
-    first, fd_first, _, _ = worker.claim()
-    second, fd_second, _, _ = worker.claim()
-    os.close(fd_first)
-    os.close(fd_second)
-    assert worker.decide(first, 2, 0.5, last=False) is True
-    assert worker.decide(second, 2, 0.5, last=True) is False
-    assert worker.decide(first, 2, 0.5) is True  # an epoch reported again gets the decision it got
+    first, second = worker.claim(), worker.claim()
+    os.close(first.lock_fd)
+    os.close(second.lock_fd)
+    assert decide(first.trial, 2, 0.5, last=False) is True
+    assert decide(second.trial, 2, 0.5, last=True) is False
+    assert decide(first.trial, 2, 0.5) is True  # an epoch reported again gets the decision it got
 
 
 def test_a_later_start_with_another_storage_is_refused(fashion_dir, tmp_path, capsys):
