@@ -22,7 +22,7 @@ from data.synthetic_fashion_mnist import write_fashion_mnist
 from helpers import ROOT
 
 README = (ROOT / "README.md").read_text()
-BLOCK = re.compile(r"^(?P<marker>[^\n]*)\n```bash\n(?P<body>.*?)```\n(?P<after>(?:[^\n]*\n){0,4})", re.M | re.S)
+BLOCK = re.compile(r"^(?P<marker>[^\n]*)\n[ \t]*```bash\n(?P<body>.*?)```\n(?P<after>(?:[^\n]*\n){0,4})", re.M | re.S)
 MARKER = re.compile(r"<!-- commands: (run|check|not run: [^>]+) -->")
 NOTE = re.compile(r"(?:On the quick start's generated data:|check of the whole path:)(.*?)(?:\n\n|$)", re.S)
 
