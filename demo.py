@@ -91,7 +91,7 @@ def carvana(args):
                "    (Kaggle's layout, train/<car>_<NN>.jpg and train_masks/<car>_<NN>_mask.gif; "
                "generated ellipses, not cars)")
     train = ["trainer_seg_on_carvana.py", "--data_dir", data_dir, "--model_type", "UNet", "--img_size", "64", "96",
-             "--base_width", "8", "--depth", "3", "--batch_size", "8", "--lr", "3e-3", "--val_ratio", "0.15",
+             "--base_width", "8", "--depth", "3", "--batch_size", "4", "--lr", "3e-3", "--val_ratio", "0.15",
              "--test_ratio", "0.15", "--n_epoch", args.n_epoch or 8, *sample]
     return train, ["eval_seg_on_carvana.py", "--n_snap", "4"], args.output_dir or Path("Results/SegOnCarvana"), real
 
