@@ -104,6 +104,11 @@ def test_mlflow_and_wandb_hold_what_the_csv_holds(fashion_dir, tmp_path, monkeyp
     assert summary["best_val/accuracy"] == max(value for _, value in expected["val/accuracy"])
     import torch
     assert torch.load(run / "Vanilla_last_ckpt.pth", weights_only=True)["callbacks"]["trackers"]["tracker_runs"]["wandb"] == run_id
+    log = (run / "log.txt").read_text()  # where each tracker's run went
+    mlflow_id = torch.load(run / "Vanilla_last_ckpt.pth", weights_only=True)["callbacks"]["trackers"]["tracker_runs"]["mlflow"]
+    assert f"--logger csv: {run / 'metrics.csv'}" in log
+    assert f"--logger mlflow: run {mlflow_id} in " in log and str(store) in log
+    assert f"--logger wandb: run {run_id} (offline) in {run / 'wandb'}" in log
 
 
 def test_a_resumed_run_continues_its_mlflow_and_wandb_runs(fashion_dir, tmp_path, monkeypatch):

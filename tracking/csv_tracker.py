@@ -35,6 +35,11 @@ class CsvTracker:
             self.writer.writerow(["tag", "step", "value"])
             self.handle.flush()
 
+    @property
+    def where(self):
+        """Where the run's values go, for the log."""
+        return str(self.path)
+
     def log(self, events):
         rows = [(tag, step, repr(value)) for _, tag, step, value in (e for e in events if e[0] == "scalar")]
         if rows:

@@ -51,6 +51,11 @@ class MlflowTracker:
         except (MlflowException, ImportError, OSError) as error:  # a store it cannot reach, or its driver missing
             raise UserError(f"--logger mlflow: {uri}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
 
+    @property
+    def where(self):
+        """Where the run's values go, for the log."""
+        return f"run {self.run_id} in {self.uri}"
+
     def logged_points(self):
         """{tag: steps} that the MLflow run holds already. A resumed run logs again what followed its
         checkpoint (the interrupted process may have sent some of it: its test results, or the

@@ -45,9 +45,14 @@ class WandbTracker:
                                   resume="must" if resumed and mode == "online" else "allow" if resumed else None)
         except Exception as error:  # W&B's errors are its own classes; none is ours to handle
             raise UserError(f"--logger wandb: {type(error).__name__}: {str(error).splitlines()[0]}") from None
-        self.run_id, self.wandb, self.defined = self.run.id, wandb, set()
+        self.run_id, self.wandb, self.defined, self.mode = self.run.id, wandb, set(), mode
         for axis in ("epoch", STEP_AXIS):
             self.run.define_metric(axis)
+
+    @property
+    def where(self):
+        """Where the run's values go, for the log."""
+        return f"run {self.run_id} ({self.mode}) in {self.run.dir}"
 
     def log(self, events):
         rows = {}  # (axis, step) -> values, in the order logged

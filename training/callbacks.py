@@ -185,6 +185,8 @@ class Trackers(Callback):
         trainer.run.open_writer(purge_step=trainer.progress.global_step + 1 if resumed else None,
                                 loggers=args.logger, options=trainer.options(), saved=self.saved if resumed else None)
         self.writer = trainer.writer
+        for tracker in self.writer.trackers if self.writer is not None else ():
+            trainer.log.info(f"--logger {tracker.name}: {tracker.where}")
         if branched:  # a new folder (state/branch.py): its curves start with the resumed history
             for record in trainer.progress.history:
                 trainer.run.write_epoch_scalars(record)
