@@ -32,13 +32,15 @@ def export_section(options, scratch):
               f"Carvana UNet at {height}x{width}": ("carvana", ["--img_size", height, width,
                                                                 *settings.get("carvana_argv", [])])}
     runtime, missing = onnx_runtime()
-    rows, setups = [], []
+    rows, setups, evaluators = [], [], []
     for label, (task, argv) in models.items():
         runner = inference_runner(task, [*argv, "--gpu_devices", "cpu", "--seed", options.seed])
         model_rows, setup = model_section(label, runner, runtime, settings, scratch)
         rows += model_rows
         setups.append(setup)
-    setups.append(evaluator_settings(runner.args))
+        evaluators.append(evaluator_settings(runner.args))
+    setups += ["both " + evaluators[0]] if len(set(evaluators)) == 1 else \
+        [f"{label}: {text}" for label, text in zip(models, evaluators)]
     setups.append(missing or f"onnxruntime {runtime.__version__} with its default threads, "
                   f"torch with {torch.get_num_threads()}")
     setups.append("toolkit column = the row's contender, hand-written column = PyTorch eager "
