@@ -62,9 +62,13 @@ Limits: the data is synthetic (data/synthetic_fashion_mnist.py), in the official
 and sizes; a dataset of this size trains at the same speed whatever the pixels hold. Memory is
 compared on whole processes: the toolkit's also holds TensorBoard and its validation split.
 
+The export section times both tasks' default models on the CPU at batch 1 and at the evaluator's
+batch size: PyTorch eager, PyTorch as the evaluator runs it, and onnxruntime on the exported ONNX
+file, in this process, taking turns block by block; ratios are to eager (export.py's docstring).
+
 The modules: measure.py (turn-taking processes, memory, statistics, table rows), toolkit.py (every
 call into the toolkit's trainers), vanilla.py (the MLP's contenders, the vanilla and recipes
-sections), recipes.py (recipes_ab), unet.py and predict.py (their sections).
+sections), recipes.py (recipes_ab), unet.py, predict.py and export.py (their sections).
 """
 import argparse
 import json
@@ -78,6 +82,7 @@ BENCH = Path(__file__).resolve().parent
 # This folder's modules (also when this file is not run as a script), then the toolkit's packages.
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
+from export import export_section  # noqa: E402
 from measure import CONTENDERS, LABELS, ROOT, worker_main  # noqa: E402
 from predict import predict_section  # noqa: E402
 from recipes import recipes_ab_section  # noqa: E402
@@ -88,7 +93,7 @@ FULL = {"n_train": 60000, "n_test": 10000, "epochs": 6, "repeats": 3, "eval_pass
 QUICK = {"n_train": 6000, "n_test": 2000, "epochs": 3, "repeats": 1, "eval_passes": 3, "startup_runs": 3}
 
 SECTIONS = {"vanilla": vanilla_section, "recipes": recipes_section, "recipes_ab": recipes_ab_section,
-            "unet": unet_section, "predict": predict_section}
+            "unet": unet_section, "predict": predict_section, "export": export_section}
 
 
 def code_version():

@@ -1,8 +1,8 @@
 """Every call the benchmark makes into the toolkit's trainers, so that a change of their API is
 adapted here and nowhere else: a trainer built from its command line and set up for epochs run
 outside fit(), one such epoch, fit() with turns taken around its epochs and what the finished run
-reports, a whole Carvana run, a Carvana model alone, and Kaggle's submission pipeline in a child
-process (PREDICT_CHILD).
+reports, a whole Carvana run, a Carvana model alone, a task set up as its evaluator predicts, and
+Kaggle's submission pipeline in a child process (PREDICT_CHILD).
 """
 import contextlib
 import importlib
@@ -16,6 +16,8 @@ from measure import ROOT, synchronize
 
 TRAINERS = {"vanilla": ("trainer_vanilla", "VanillaTrainer"),
             "carvana": ("trainer_seg_on_carvana", "SegOnCarvanaTrainer")}
+EVALUATORS = {"vanilla": ("eval_vanilla", "VanillaEvaluator"),
+              "carvana": ("eval_seg_on_carvana", "SegOnCarvanaEvaluator")}
 
 
 def trainer_class(task):
@@ -117,6 +119,21 @@ def carvana_model(argv):
     task.setup_runtime()
     task.setup_model()
     return task.eval_model.eval(), task.device
+
+
+def inference_runner(task, argv):
+    """A Runner (runner.py) of the task `task`'s evaluator predicts with, on the evaluator's options
+    parsed from `argv` (the others at the run's defaults), with its device and model (seeded weights,
+    no data): its `eval_model`, `autocast()`, `to_device()` and task's `predict_batch` are what
+    `evaluate()` runs."""
+    from runner import Runner
+    module, name = EVALUATORS[task]
+    evaluator = getattr(importlib.import_module(module), name)
+    args = evaluator.build_parser().parse_args([str(arg) for arg in argv])
+    runner = type("InferenceRunner", (Runner,), {"task_class": evaluator.task_class})(args)
+    runner.setup_runtime()
+    runner.setup_model()
+    return runner
 
 
 # ---------------------------------------------------------------------------- the submission pipeline
