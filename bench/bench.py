@@ -64,11 +64,11 @@ compared on whole processes: the toolkit's also holds TensorBoard and its valida
 
 The export section times both tasks' default models on the CPU at batch 1 and at the evaluator's
 batch size: PyTorch eager, PyTorch as the evaluator runs it, and onnxruntime on the exported ONNX
-file, in this process, taking turns block by block; ratios are to eager (export.py's docstring).
+file, in this process, taking turns block by block; ratios are to eager (exported.py's docstring).
 
 The modules: measure.py (turn-taking processes, memory, statistics, table rows), toolkit.py (every
 call into the toolkit's trainers), vanilla.py (the MLP's contenders, the vanilla and recipes
-sections), recipes.py (recipes_ab), unet.py, predict.py and export.py (their sections).
+sections), recipes.py (recipes_ab), unet.py, predict.py and exported.py (their sections).
 """
 import argparse
 import json
@@ -82,7 +82,7 @@ BENCH = Path(__file__).resolve().parent
 # This folder's modules (also when this file is not run as a script), then the toolkit's packages.
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
-from export import export_section  # noqa: E402
+from exported import export_section  # noqa: E402
 from measure import CONTENDERS, LABELS, ROOT, worker_main  # noqa: E402
 from predict import predict_section  # noqa: E402
 from recipes import recipes_ab_section  # noqa: E402

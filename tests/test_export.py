@@ -15,27 +15,6 @@ import torch
 from helpers import ROOT, load_plain, read_json, refused, train_seg, train_vanilla
 
 
-@pytest.fixture(scope="module", autouse=True)
-def onnx_translations_built_once():
-    """torch.onnx's exporter builds its table of operator translations anew for every export (2-3 s
-    on 2 cores): the module's exports share one. The exported files are the same."""
-    try:
-        from torch.onnx._internal.exporter._registration import ONNXRegistry
-    except ImportError:  # a torch whose exporter is laid out differently: every export builds its own
-        yield
-        return
-    build, built = ONNXRegistry.from_torchlib, {}
-
-    def from_torchlib(*args, **kwargs):
-        key = repr((args, sorted(kwargs.items())))
-        if key not in built:
-            built[key] = build(*args, **kwargs)
-        return built[key]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ONNXRegistry, "from_torchlib", staticmethod(from_torchlib))
-        yield
-
-
 @pytest.fixture(scope="module")
 def runs(fashion_dir, carvana_dir, tmp_path_factory):
     """The three models, trained no longer than the tests need: the export's checks hold for any
