@@ -32,7 +32,7 @@ def rescale(checkpoint, args, world_size, log=None):
                          derived_stream(args.seed, rank, checkpoint["global_step"]) for rank in range(world_size)]
     checkpoint["world_size"] = world_size
     if log is not None:
-        log.warning(f"resuming on {world_size} process(es) a state saved by {saved_world}: the same samples at "
+        log.info(f"resuming on {world_size} process(es) a state saved by {saved_world}: the same samples at "
                     f"every step (global batch {total}); dropout draws differ from an uninterrupted run")
     return checkpoint
 
