@@ -146,7 +146,7 @@ class TrainerBase(Runner):
                 group.append({**self.task.batch_stats(batch, outputs), "loss_sum": loss.detach() * size,
                               "loss_samples": size})
                 interval.append(loss.detach())
-                finite = True
+            finite = finite or counted  # a placeholder's step is still taken, as on the other ranks
             index += 1
             if index == group_end:
                 lr = self.optimization.lr

@@ -251,6 +251,8 @@ def parse_training_options(parser, argv, task):
 
 def agrees_with(parser, argv, args, saved):
     """Whether a run with the `saved` options is the experiment `argv` describes (a resume would accept it)."""
+    if args.global_batch_size is not None and saved.get("global_batch_size") not in (None, args.global_batch_size):
+        return False
     try:
         merge_options(parser, argv, args, saved, resume_safe_options(parser, saved) | {"batch_size", "accum_steps"})
     except UserError:

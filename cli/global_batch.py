@@ -43,9 +43,10 @@ def resolve_global_batch(args, world_size):
         args.accum_steps = _quotient(total, world_size * args.batch_size,
                                      f"--batch_size {args.batch_size}", "--batch_size", world_size)
     elif args.batch_size * world_size * args.accum_steps != total:
-        raise UserError(f"--global_batch_size {total} is not --batch_size {args.batch_size} x {world_size} "
-                        f"process(es) x --accum_steps {args.accum_steps} = "
-                        f"{args.batch_size * world_size * args.accum_steps}; give two of the three")
+        raise UserError(f"the global batch is {total} samples per step (--global_batch_size, or a resumed "
+                        f"checkpoint's) and --batch_size {args.batch_size} x {world_size} process(es) x --accum_steps "
+                        f"{args.accum_steps} = {args.batch_size * world_size * args.accum_steps}; give one of "
+                        "--batch_size / --accum_steps, and the other follows")
 
 
 def _quotient(total, divisor, given, name, world_size):

@@ -2,7 +2,9 @@
 
 The order of epoch `e` is a permutation drawn from a generator seeded with `seed + e`: it depends
 on nothing else, so a resumed run sees exactly the batches the uninterrupted run would have seen,
-and skipping the first `k` batches of an epoch resumes in the middle of it.
+and skipping the first `k` batches of an epoch resumes in the middle of it. Training deals it by
+the global batch (GlobalBatchSampler), so that each optimizer step takes the same samples on any
+number of processes.
 """
 from typing import Protocol, Sequence, runtime_checkable
 

@@ -34,6 +34,9 @@ from utils.errors import UserError
 from utils.timestamp import make_run_dir
 
 
+HELD_LOCKS = {}  # run folder -> the open `.lock` by which this process holds it
+
+
 class RunFolder:
     def __init__(self, path, model_type, writes=True):
         self.path = Path(path)
@@ -75,10 +78,16 @@ class RunFolder:
 
     def lock(self):
         """Hold `<run>/.lock` while this process trains the run (the main process; the lock goes with
-        the process, also when it is killed): a second process that would resume it is refused."""
+        the process, also when it is killed): a second process that would resume it is refused. A
+        lock this process holds already (a start refused after locking, in a test or a notebook) is
+        taken over, not refused."""
         if not self.writes:
             return
         import fcntl
+        key = self.path.resolve()
+        if key in HELD_LOCKS and not HELD_LOCKS[key].closed:
+            self.lock_handle = HELD_LOCKS[key]
+            return
         handle = open(self.path / ".lock", "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -91,7 +100,7 @@ class RunFolder:
         handle.truncate(0)
         handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
-        self.lock_handle = handle  # kept open: closing it releases the lock
+        self.lock_handle = HELD_LOCKS[key] = handle  # kept open: closing it releases the lock
 
     def checkpoint_path(self, kind):
         return self.path / f"{self.model_type}_{kind}_ckpt.pth"

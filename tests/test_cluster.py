@@ -24,7 +24,7 @@ GLOBAL_BATCH = 32
 FLAGS = ["--train_val_sample_rate", "0.25", "--test_sample_rate", "0.25", "--dropout", "0", "--n_epoch", "2",
          "--optim", "sgd", "--lr", "0.05", "--momentum", "0", "--deterministic", "--global_batch_size", GLOBAL_BATCH,
          "--save_every_n_steps", "5", "--log_every_n_steps", "100"]
-STEPS_PER_EPOCH = 11  # 338 training samples in steps of 32
+STEPS_PER_EPOCH = 11  # 337 training samples in steps of 32
 # Weights of runs on different numbers of processes differ by the order of floating-point sums:
 # measured up to 3e-7 (the largest difference of a tensor over its largest value) after 2 epochs.
 TOLERANCE = 1e-5
@@ -118,9 +118,11 @@ def test_a_run_saved_on_two_processes_resumes_on_one_mid_epoch(single, two, tmp_
 
 def test_a_run_saved_on_one_process_resumes_on_four_mid_epoch(single, tmp_path):
     kept = shutil.copytree(single.with_name(f"{single.name}_at5"), tmp_path / "run")
-    torchrun(4, "--resume", kept, "--batch_size", 8)
+    # batches of 2: 4 micro-batches per step, and the epoch's last micro-batch (1 sample) leaves 3 ranks a placeholder
+    torchrun(4, "--resume", kept, "--batch_size", 2)
     assert_same_run_within_tolerance(kept, single)
-    assert last_checkpoint(kept)["world_size"] == 4
+    resumed = last_checkpoint(kept)
+    assert resumed["world_size"] == 4 and resumed["config"]["accum_steps"] == 4
 
 
 def test_the_global_batch_fixes_the_samples_of_every_step_and_their_weights():
@@ -162,7 +164,7 @@ def test_global_batch_arithmetic_and_its_refusals():
     with pytest.raises(UserError, match=r"--global_batch_size 32 on 4 process\(es\) with --batch_size 32: .*"
                                         r"give --batch_size one of 1, 2, 4, 8"):
         resolve_global_batch(argparse.Namespace(global_batch_size=32, batch_size=32, accum_steps=None), 4)
-    with pytest.raises(UserError, match="is not --batch_size 8 x 2 process"):
+    with pytest.raises(UserError, match=r"the global batch is 32 .* --batch_size 8 x 2 process\(es\) x --accum_steps 4 = 64"):
         resolve_global_batch(argparse.Namespace(global_batch_size=32, batch_size=8, accum_steps=4), 2)
 
 
@@ -213,31 +215,58 @@ def test_resume_auto_after_sigkill_continues_its_run_bit_equal(single, fashion_d
     assert "resumed from" in (tmp_path / "job" / "log.txt").read_text()
 
 
+def fake_slurm(folder, calls):
+    """A folder for PATH with `scontrol` and `srun` that record their arguments in `calls`; `srun` runs its
+    command, and `scontrol show hostnames` names this machine."""
+    folder.mkdir()
+    (folder / "scontrol").write_text(f'#!/bin/sh\necho "scontrol $@" >> {calls}\n'
+                                     '[ "$1" = show ] && echo localhost\nexit 0\n')
+    (folder / "srun").write_text(f'#!/bin/sh\necho "srun $@" >> {calls}\n')
+    for name in ("scontrol", "srun"):
+        (folder / name).chmod(0o755)
+    path = os.pathsep.join((str(folder), str(Path(sys.executable).parent), os.environ["PATH"]))  # torchrun too
+    return {"PATH": path, "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train"}
+
+
 def test_sigusr1_saves_asks_slurm_to_requeue_and_the_requeued_job_continues(single, fashion_dir, tmp_path):
-    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol_calls"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
-    (bin_dir / "scontrol").chmod(0o755)
-    output = tmp_path / "runs"
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
-    process = start(fashion_dir, output, "--run_name", "job", "--resume", "auto", env=env)
+    """The one-node sbatch script, run as SLURM would (a fake scontrol): SIGUSR1 to the script reaches the
+    worker, which saves, asks for the requeue and exits with 138; the requeued job ends the run bit-equal."""
+    calls, output = tmp_path / "calls", tmp_path / "runs"
+    env = environment(MAX_RESTARTS="0", **fake_slurm(tmp_path / "bin", calls))
+    command = ["bash", ROOT / "configs" / "slurm" / "train_one_node.sbatch", SCRIPT,
+               *argv(fashion_dir, output, "--batch_size", GLOBAL_BATCH)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        wait_for_a_checkpoint(process, output / "job")
+        wait_for_a_checkpoint(process, output / "train-4242")
         process.send_signal(signal.SIGUSR1)
-        process.communicate(timeout=120)
+        _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == 128 + signal.SIGUSR1
-    assert calls.read_text() == "requeue 4242\n"
-    run = output / "job"
+    assert process.returncode != 0 and "exitcode  : 138" in stderr, stderr[-3000:]
+    assert calls.read_text() == "scontrol requeue 4242\n"
+    run = output / "train-4242"
     assert read_json(run / "metrics.json")["status"] == "interrupted"
     assert "requeued the job: scontrol requeue 4242" in (run / "log.txt").read_text()
-    saved = last_checkpoint(run)["global_step"]
-    assert 5 <= saved < 2 * STEPS_PER_EPOCH
-    # the requeued job repeats its command line
-    assert RecordingTrainer.main(argv(fashion_dir, output, "--batch_size", GLOBAL_BATCH, "--run_name", "job",
+    assert 5 <= last_checkpoint(run)["global_step"] < 2 * STEPS_PER_EPOCH
+    # the requeued job runs the same command (here in this process: the script's was tried above)
+    assert RecordingTrainer.main(argv(fashion_dir, output, "--batch_size", GLOBAL_BATCH, "--run_name", "train-4242",
                                       "--resume", "auto")) == 0
     assert_same_weights(run, single, optimizer=True)
+    assert step_samples(run) == step_samples(single)
+
+
+def test_the_many_nodes_script_starts_torchrun_on_every_node_with_the_c10d_rendezvous(tmp_path):
+    calls = tmp_path / "calls"
+    env = environment(SLURM_JOB_NUM_NODES="2", SLURM_GPUS_ON_NODE="4", SLURM_JOB_NODELIST="node[1-2]",
+                      **fake_slurm(tmp_path / "bin", calls))
+    result = subprocess.run(["bash", ROOT / "configs" / "slurm" / "train_many_nodes.sbatch", "trainer_vanilla.py",
+                             "--n_epoch", "3"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert calls.read_text().splitlines() == [
+        "scontrol show hostnames node[1-2]",
+        "srun --kill-on-bad-exit=1 bash configs/slurm/forward_usr1.sh torchrun --nnodes 2 --nproc_per_node 4 "
+        "--rdzv_backend c10d --rdzv_endpoint localhost:29500 --rdzv_id 4242 --max-restarts 3 trainer_vanilla.py "
+        "--n_epoch 3 --run_name train-4242 --resume auto"]
 
 
 def test_torchrun_restarts_a_killed_worker_and_the_group_continues_bit_equal(two, fashion_dir, tmp_path):
@@ -296,18 +325,24 @@ def test_resume_auto_refuses_a_named_run_it_cannot_continue(single, fashion_dir,
 
 
 def test_a_second_job_with_the_same_run_name_is_refused(fashion_dir, tmp_path, capsys):
-    from state.run_folder import RunFolder
     (tmp_path / "busy").mkdir()
-    holder = RunFolder(tmp_path / "busy", "Vanilla")
-    holder.lock()  # the first job, still training
+    holder = subprocess.Popen(  # the first job, still training: it holds the run's lock as a trainer does
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "handle = open(sys.argv[1], 'a+'); fcntl.flock(handle, fcntl.LOCK_EX)\n"
+         "handle.write(f'process {os.getpid()} on a node\\n'); handle.flush(); print('locked', flush=True)\n"
+         "time.sleep(120)", tmp_path / "busy" / ".lock"], stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout.readline() == "locked\n"
         with pytest.raises(SystemExit) as exit_info:
             RecordingTrainer.main(argv(fashion_dir, tmp_path, "--batch_size", GLOBAL_BATCH, "--run_name", "busy",
                                        "--resume", "auto"))
     finally:
-        holder.close()
+        holder.kill()
+        holder.wait()
     stderr = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in stderr
-    message = stderr.strip().splitlines()[-1]
-    assert f"run {tmp_path / 'busy'} is being trained by process {os.getpid()}" in message
+    assert f"run {tmp_path / 'busy'} is being trained by process {holder.pid} on a node" in stderr.strip().splitlines()[-1]
     assert not (tmp_path / "busy" / "config.json").exists()
+    # its lock went with it: the same command now starts the run
+    assert RecordingTrainer.main(argv(fashion_dir, tmp_path, "--batch_size", GLOBAL_BATCH, "--run_name", "busy",
+                                      "--resume", "auto", "--n_epoch", 1)) == 0
