@@ -6,14 +6,17 @@ takes the same samples at every step on any number of processes. With --global_b
 keeps the checkpoint's G, so a run saved on N processes resumes on M with the accumulation (or the
 per-process batch) that keeps it.
 """
+import os
+
 from cli.options import explicit_options
 from utils.errors import UserError
 
 
 def mark_following_option(parser, argv, args, saved_global=None):
-    """With a global batch to keep (--global_batch_size, or `saved_global`, a resumed checkpoint's), set
-    the one of batch_size / accum_steps that `argv` does not give to None: `resolve_global_batch`
-    derives it. Both given: both kept, and checked then."""
+    """With a global batch to keep (--global_batch_size, or `saved_global`, a resumed checkpoint's), derive
+    the one of batch_size / accum_steps that `argv` does not give for the processes this command runs
+    on (WORLD_SIZE, which torchrun sets), so that the options are whole from the start
+    (--print_config); both given: both kept, and checked."""
     if saved_global is not None:
         given_global = "global_batch_size" in explicit_options(parser, argv)
         if given_global and args.global_batch_size != saved_global:
@@ -28,11 +31,12 @@ def mark_following_option(parser, argv, args, saved_global=None):
         args.batch_size = None
     elif "accum_steps" not in given:
         args.accum_steps = None
+    resolve_global_batch(args, int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def resolve_global_batch(args, world_size):
-    """Fill in the option that follows from --global_batch_size on `world_size` processes; a one-line
-    error when it does not divide, naming what would."""
+    """Fill in the option that follows from --global_batch_size on `world_size` processes (None: it
+    follows); a one-line error when it does not divide, naming what would."""
     total = args.global_batch_size
     if total is None:
         return
