@@ -8,8 +8,8 @@ from cli.global_batch import mark_following_option, resolve_global_batch
 from cli.options import (PLACE, SHARED, SPLIT, TRAINING, TRAINING_RESUMABLE, Parser, add_flag, add_option,
                          explicit_options, fraction, non_negative_float, non_negative_int, options_where,
                          positive_float, positive_int, ratio, seed, undeclared_options)
-from tracking.trackers import LOGGERS, check_installed, logger_names, mlflow_uri
 from state.resume_policy import auto_resume, check_new_named_run, wants_auto
+from tracking.trackers import LOGGERS, check_installed, logger_names, mlflow_uri
 from training.optimizers import OPTIMIZERS
 from training.schedules import SCHEDULERS, SCHEDULES_OVER_N_EPOCH
 from utils.errors import UserError

@@ -13,9 +13,9 @@ loads it and loading can never run code; it is written atomically (utils/atomic.
     best_metric, best_epoch                        state/progress.py
     callbacks                                      {name: state} of the callbacks with state
     rng, epoch_sums                                each process's random state and partial epoch sums
-    global_batch, epoch_samples                    samples per optimizer step over every process, and those
-                                                   of the epoch's global order consumed: where a resume on
-                                                   any number of processes continues (state/rescale.py)
+    global_batch, epoch_samples                    samples per optimizer step over every process, and the
+                                                   epoch's steps taken in samples: where a resume on any
+                                                   number of processes continues (state/rescale.py)
 """
 import pickle
 from pathlib import Path
@@ -178,11 +178,12 @@ def check_checkpoint(checkpoint, path, task):
 
 
 def global_position(config, world_size, progress):
-    """The global batch and the samples of the epoch's global order consumed, for a run with the options
-    `config` on `world_size` processes at `progress` (a mid-epoch save follows whole micro-batches)."""
-    per_micro_batch = config["batch_size"] * world_size
-    return {"global_batch": per_micro_batch * config["accum_steps"],
-            "epoch_samples": progress["batches_done"] * per_micro_batch}
+    """The global batch G and where the epoch stands in its global order, as steps taken x G (the
+    epoch's short last step counted whole), for a run with the options `config` on `world_size`
+    processes at `progress`."""
+    accum_steps = config["accum_steps"]
+    total = config["batch_size"] * world_size * accum_steps
+    return {"global_batch": total, "epoch_samples": -(-progress["batches_done"] // accum_steps) * total}
 
 
 def upgrade(checkpoint):

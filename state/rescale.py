@@ -23,8 +23,11 @@ def rescale(checkpoint, args, world_size, log=None):
                         f"{args.batch_size * world_size * args.accum_steps} (--batch_size {args.batch_size} x "
                         f"{world_size} process(es) x --accum_steps {args.accum_steps}); give --global_batch_size "
                         f"{total} and one of --batch_size / --accum_steps, or start a new run")
-    per_micro_batch = args.batch_size * world_size
-    checkpoint["batches_done"] = checkpoint["epoch_samples"] // per_micro_batch
+    saved = checkpoint["config"]
+    if (saved_world, saved["batch_size"], saved["accum_steps"]) == (world_size, args.batch_size, args.accum_steps):
+        return checkpoint
+    # Micro-batches of the new split; past the epoch's end when its last step was taken, which skips it.
+    checkpoint["batches_done"] = checkpoint["epoch_samples"] // total * args.accum_steps
     if saved_world == world_size:
         return checkpoint
     checkpoint["epoch_sums"] = [added_sums(checkpoint["epoch_sums"])] + [empty_sums()] * (world_size - 1)
@@ -33,7 +36,7 @@ def rescale(checkpoint, args, world_size, log=None):
     checkpoint["world_size"] = world_size
     if log is not None:
         log.info(f"resuming on {world_size} process(es) a state saved by {saved_world}: the same samples at "
-                    f"every step (global batch {total}); dropout draws differ from an uninterrupted run")
+                 f"every step (global batch {total}); dropout draws differ from an uninterrupted run")
     return checkpoint
 
 

@@ -152,6 +152,31 @@ def test_the_global_batch_fixes_the_samples_of_every_step_and_their_weights():
     assert sorted(sum(expected.values(), [])) == list(range(size))
 
 
+@pytest.mark.parametrize("batches_done, steps_done", [(20, 5), (43, 11)])  # mid-epoch; after the epoch's last step
+def test_a_position_saved_by_one_split_resumes_at_the_same_sample_in_another(batches_done, steps_done):
+    """337 samples, saved on 1 process in batches of 8 x 4 micro-batches, resumed on 2 in batches of 16:
+    the 2 processes take the rest of the epoch's order, from the first sample of step `steps_done` on."""
+    from data.loader import GlobalBatchSampler
+    from state.checkpoint import global_position
+    from state.rescale import rescale
+    config = {"batch_size": 8, "accum_steps": 4}
+    checkpoint = {"world_size": 1, "config": config, "batches_done": batches_done, "global_step": 7,
+                  "epoch_sums": [{"sums": {"correct": torch.tensor(3.0)}, "counts": {"loss_samples": 160}}],
+                  "rng": [None], **global_position(config, 1, {"batches_done": batches_done})}
+    args = argparse.Namespace(batch_size=16, accum_steps=1, seed=0, resume="last")
+    rescale(checkpoint, args, world_size=2)
+    assert checkpoint["batches_done"] == steps_done and len(checkpoint["rng"]) == len(checkpoint["epoch_sums"]) == 2
+    order = GlobalBatchSampler(337, 337, seed=5)
+    order.set_epoch(1)
+    rest = []
+    for rank in range(2):
+        sampler = GlobalBatchSampler(337, 16, seed=5, rank=rank, world_size=2)
+        sampler.set_epoch(1, skip_batches=checkpoint["batches_done"])
+        rest += [index for offset, batch in enumerate(sampler, start=sampler.skip)
+                 for index in batch[:sampler.batch_size_at(offset)].tolist()]
+    assert sorted(rest) == sorted(next(iter(order))[steps_done * 32:].tolist())
+
+
 def test_global_batch_arithmetic_and_its_refusals():
     from cli.global_batch import resolve_global_batch
     from utils.errors import UserError
