@@ -12,12 +12,12 @@ import signal
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import torch
 
-from cli.arguments import check_training_options, debug_run_suffix, json_value, parse_training_options, task_parser
+from cli.arguments import check_training_options, json_value, parse_training_options, task_parser
 from cli.config_file import format_options
+from data.loader import global_batch_loader
 from runner import Runner, TrainingStopped
 from state.branch import continued_in
 from state.checkpoint import (check_resumable, initial_weights, load_checkpoint, load_weights, make_checkpoint,
@@ -31,6 +31,7 @@ from training.callbacks import Callbacks, EarlyStopping, EpochLog, PeriodicSave,
 from training.ema import EMA
 from training.lr_finder import find_lr
 from training.optimization import Optimization
+from training.requeue import Requeue
 from utils import distributed
 from utils.batch import batch_size_of
 from utils.errors import NonFiniteLoss, UserError, run_cli
@@ -78,7 +79,7 @@ class TrainerBase(Runner):
     def build_callbacks(self):
         """The callbacks of this run (training/callbacks.py); a trainer subclass adds its own."""
         args, link = self.args, SweepLink.from_environment()
-        callbacks = [Trackers(), EpochLog()]
+        callbacks = [Trackers(), EpochLog(), Requeue()]
         if args.save_every_n_steps:
             callbacks.append(PeriodicSave(args.save_every_n_steps))
         if args.early_stop_patience:
@@ -136,18 +137,16 @@ class TrainerBase(Runner):
         bar = self.progress_bar(loader, "train", initial=index)
         for _, batch in bar:
             batch = self.task.prepare_batch(self.to_device(batch), True, self.batch_generator(epoch, index))
-            group_start = index - index % args.accum_steps
-            group_end = min(group_start + args.accum_steps, n_batches)
-            # Weighted by its share of the group's samples: K micro-batches give the gradient of one
-            # batch of all their samples (mean-reduced loss), also when the last is short.
-            share = sampler.batch_size_at(index) / sum(map(sampler.batch_size_at, range(group_start, group_end)))
+            group_end = min(index - index % args.accum_steps + args.accum_steps, n_batches)
+            # Weighted so that a step's gradient is the mean over its global batch (data/loader.py).
+            share = sampler.share_at(index, args.accum_steps)
             loss, outputs, counted = self.backward_batch(batch, self.optimization, share, index + 1 == group_end, index)
-            if counted:
+            if counted and share:
                 size = batch_size_of(batch)
                 group.append({**self.task.batch_stats(batch, outputs), "loss_sum": loss.detach() * size,
                               "loss_samples": size})
                 interval.append(loss.detach())
-                finite = True
+            finite = finite or counted  # a placeholder's step is still taken, as on the other ranks
             index += 1
             if index == group_end:
                 lr = self.optimization.lr
@@ -224,11 +223,10 @@ class TrainerBase(Runner):
         """Process group and device, data and split, model, optimizer; the run folder; the state to resume."""
         args, checkpoint = self.args, self.checkpoint
         self.setup_runtime()
-        check_training_options(args, self.task.metric_names)
-        run = RunFolder(Path(args.resume).parent, args.model_type, self.main_process) if checkpoint else None
+        check_training_options(args, self.task.metric_names, self.world_size)
+        run = RunFolder.resumed(args.resume, args.model_type, self.main_process) if checkpoint else None
         if checkpoint is not None:
-            run.lock()
-            check_resumable(run, checkpoint, args, self.world_size)
+            check_resumable(run, checkpoint, args, self.world_size, self.log)
             self.callbacks.load_state_dict(checkpoint["callbacks"], args.resume)  # refused before any work
         self.setup_data(run.read_split() if run else None)
         weights, source = (None, None) if checkpoint else initial_weights(args, self.log)
@@ -238,15 +236,17 @@ class TrainerBase(Runner):
         self.setup_optimization()
         if checkpoint is not None:
             self.load_state_dict(checkpoint)
-        suffix = debug_run_suffix(args) + self.callbacks.run_name_suffix
         if checkpoint is not None:  # a new folder for an older state than the run's newest (state/branch.py)
-            run = continued_in(run, args.resume, checkpoint, suffix, self.log)
-        self.run = run or RunFolder.create(args.output_dir or Path("Results") / args.proj_name, args.model_type,
-                                           self.main_process, suffix)
+            run = continued_in(run, args.resume, checkpoint, self.callbacks.run_name_suffix, self.log)
+        self.run = run or RunFolder.create_for(args, self.main_process, self.callbacks.run_name_suffix)
         self.open_run_folder()
         self.callbacks.trigger("on_fit_start", self)
         if checkpoint is None and args.log_graph and model_inputs is not None:
             self.run.write_graph(self.model, model_inputs, self.log)
+
+    def make_loader(self, dataset, train=False):
+        """Training draws its batches from the epoch's global order (data/loader.py, GlobalBatchSampler)."""
+        return global_batch_loader(super().make_loader(dataset, train)) if train else super().make_loader(dataset)
 
     def setup_optimization(self):
         steps_per_epoch = -(-self.n_batches // self.args.accum_steps)

@@ -4,9 +4,11 @@ import json
 import os
 from pathlib import Path
 
+from cli.global_batch import mark_following_option, resolve_global_batch
 from cli.options import (PLACE, SHARED, SPLIT, TRAINING, TRAINING_RESUMABLE, Parser, add_flag, add_option,
                          explicit_options, fraction, non_negative_float, non_negative_int, options_where,
                          positive_float, positive_int, ratio, seed, undeclared_options)
+from state.resume_policy import auto_resume, check_new_named_run, wants_auto
 from tracking.trackers import LOGGERS, check_installed, logger_names, mlflow_uri
 from training.optimizers import OPTIMIZERS
 from training.schedules import SCHEDULERS, SCHEDULES_OVER_N_EPOCH
@@ -120,6 +122,11 @@ def add_base_arguments(parser, model_types, data_types):
                help="clip the global gradient norm, or each gradient value")
     add_option(optim, "--accum_steps", rules=TRAINING, type=positive_int, default=1,
                help="micro-batches per optimizer step; the loss is scaled so K batches of B equal one of K*B")
+    add_option(optim, "--global_batch_size", rules=TRAINING_RESUMABLE.but(sweep=False), type=positive_int,
+               default=None, metavar="G",
+               help="samples per optimizer step over all processes, G = batch_size x processes x accum_steps: "
+                    "give it with one of --batch_size / --accum_steps and the other follows; a resume on "
+                    "another number of processes keeps it (default: what the other two give)")
     add_flag(optim, "--skip_nonfinite", TRAINING,
              help="skip batches whose loss is NaN/inf (counted) instead of stopping")
     add_option(optim, "--ema_decay", rules=TRAINING, type=ratio, default=0.0,
@@ -160,7 +167,11 @@ def add_base_arguments(parser, model_types, data_types):
     add_option(select, "--save_every_n_steps", rules=TRAINING_RESUMABLE, type=non_negative_int, default=0,
                help="also save the full state every N optimizer steps, for mid-epoch resume (0 = off)")
     add_option(select, "--resume", rules=TRAINING_RESUMABLE.but(sweep=False, in_files=False), type=Path, default=None,
-               help="checkpoint or run folder to continue, in the same folder")
+               help="checkpoint or run folder to continue, in the same folder; 'auto': the newest resumable run "
+                    "of this task and --run_name, or a new run when there is none (see README, Clusters)")
+    add_option(select, "--run_name", rules=TRAINING_RESUMABLE.but(sweep=False), default=None, metavar="NAME",
+               help="the run folder's name instead of a timestamp, so that a requeued job finds its run "
+                    "(with --resume auto)")
 
     scale = parser.add_argument_group("devices and speed")
     add_option(scale, "--gpu_devices", rules=PLACE, nargs="+", default=None,
@@ -214,15 +225,21 @@ def parse_training_options(parser, argv, task):
     check_installed(args.logger)
     if "mlflow" in args.logger and args.mlflow_uri is None:  # the store this run and its resumes use
         args.mlflow_uri = mlflow_uri(os.environ.get("MLFLOW_TRACKING_URI") or "mlruns")
+    auto = wants_auto(args)
+    if auto:
+        args.resume = auto_resume(args, task, lambda saved: agrees_with(parser, argv, args, saved))
     if args.resume is None:
+        check_new_named_run(args)
+        mark_following_option(parser, argv, args)
         return args, None
-    if config is not None:
+    if config is not None and not auto:  # a requeued job repeats its command line, --config included
         raise UserError(f"--config {config} with --resume: a resumed run keeps its checkpoint's options; "
                         "give only the flags a resume may change")
     path = find_checkpoint(args.resume)
     checkpoint = read_checkpoint(path, task)
     saved = checkpoint["config"]
-    args = merge_options(parser, argv, args, saved, resume_safe_options(parser, saved))
+    args = merge_options(parser, argv, args, saved, resume_safe_options(parser, saved) | batch_split(checkpoint))
+    mark_following_option(parser, argv, args, checkpoint["global_batch"])
     if "lr_interval" not in saved:  # written before per-step schedules: its schedule stepped per epoch
         args.lr_interval = "epoch"
     if args.fast_dev_run and args.n_epoch != 1:
@@ -232,9 +249,21 @@ def parse_training_options(parser, argv, task):
     return args, checkpoint
 
 
-def check_training_options(args, metric_names):
-    """What a training run's options must satisfy before anything is built: the monitor, the schedule,
-    and (a new run) an output folder it can write."""
+def agrees_with(parser, argv, args, saved):
+    """Whether a run with the `saved` options is the experiment `argv` describes (a resume would accept it)."""
+    if args.global_batch_size is not None and saved.get("global_batch_size") not in (None, args.global_batch_size):
+        return False
+    try:
+        merge_options(parser, argv, args, saved, resume_safe_options(parser, saved) | {"batch_size", "accum_steps"})
+    except UserError:
+        return False
+    return True
+
+
+def check_training_options(args, metric_names, world_size=1):
+    """What a training run's options must satisfy before anything is built: the global batch on
+    `world_size` processes, the monitor, the schedule, and (a new run) an output folder it can write."""
+    resolve_global_batch(args, world_size)
     check_monitor(args, metric_names)
     check_schedule(args)
     output = Path(args.output_dir or Path("Results") / args.proj_name).absolute()
@@ -246,6 +275,13 @@ def check_training_options(args, metric_names):
         if not os.access(existing, os.W_OK | os.X_OK):
             raise UserError(f"cannot create a run folder in --output_dir {args.output_dir or output}: "
                             f"{existing} is not writable")
+
+
+def batch_split(checkpoint):
+    """--batch_size and --accum_steps, which a resume on another number of processes than the checkpoint's
+    may change to keep its global batch (cli/global_batch.py checks that G stays); none otherwise."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    return {"batch_size", "accum_steps"} if processes != checkpoint["world_size"] else set()
 
 
 def debug_run_suffix(args):

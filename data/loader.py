@@ -2,7 +2,9 @@
 
 The order of epoch `e` is a permutation drawn from a generator seeded with `seed + e`: it depends
 on nothing else, so a resumed run sees exactly the batches the uninterrupted run would have seen,
-and skipping the first `k` batches of an epoch resumes in the middle of it.
+and skipping the first `k` batches of an epoch resumes in the middle of it. Training deals it by
+the global batch (GlobalBatchSampler), so that each optimizer step takes the same samples on any
+number of processes.
 """
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -121,6 +123,57 @@ class EpochBatchSampler:
         return iter(batches[self.skip:])
 
 
+class GlobalBatchSampler(EpochBatchSampler):
+    """Training batches dealt from the epoch's global order, so that each optimizer step takes the same
+    samples on any number of processes.
+
+    Micro-batch `m` of the epoch, over all W processes, is positions [m*B*W, (m+1)*B*W) of the epoch's
+    order, dealt round-robin (rank r takes every W-th from r); a step of K micro-batches so takes
+    the G = B*W*K positions [s*G, (s+1)*G), whatever B, W and K are. It is EpochBatchSampler's order
+    (padded) for every full micro-batch. Nothing is padded: the epoch's last micro-batch may leave a
+    rank short, or empty; an empty rank gets a placeholder, one sample of weight 0 (`share_at`), so
+    that every rank joins the step's gradient sync and no sample counts twice.
+    """
+
+    def __init__(self, size, batch_size, seed=0, rank=0, world_size=1):
+        super().__init__(size, batch_size, shuffle=True, seed=seed, rank=rank, world_size=world_size, pad=True)
+
+    def __len__(self):
+        return -(-self.size // (self.batch_size * self.world_size))
+
+    def batch_size_at(self, index):
+        """The samples this rank takes in micro-batch `index` (0 for a placeholder)."""
+        chunk = self.batch_size * self.world_size
+        return len(range(self.rank, max(0, min(chunk, self.size - index * chunk)), self.world_size))
+
+    def share_at(self, index, accum_steps):
+        """The weight of micro-batch `index`'s mean loss: its samples' share of its step's samples over
+        every process, times the processes (DDP averages their gradients): the step's gradient is the
+        mean over its global batch, also for the epoch's short last step."""
+        global_batch = self.batch_size * self.world_size * accum_steps
+        step_samples = min(global_batch, self.size - index // accum_steps * global_batch)
+        return self.batch_size_at(index) * self.world_size / step_samples
+
+    def samples_before(self, index):
+        """How many samples of the epoch's global order micro-batches before `index` took."""
+        return min(self.size, index * self.batch_size * self.world_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        chunk = self.batch_size * self.world_size
+        for index in range(self.skip, len(self)):
+            dealt = order[index * chunk:(index + 1) * chunk]
+            yield dealt[self.rank::self.world_size] if len(dealt) > self.rank else dealt[:1]
+
+
+def global_batch_loader(loader):
+    """`loader` (a training BatchLoader) drawing from a GlobalBatchSampler of its sampler's data, seed and rank."""
+    sampler = loader.sampler
+    return BatchLoader(loader.dataset, GlobalBatchSampler(sampler.size, sampler.batch_size, sampler.seed,
+                                                          sampler.rank, sampler.world_size),
+                       loader.num_workers, loader.pin_memory)
+
+
 class _IndexLists:
     """The sampler's batches as lists, the form DataLoader hands to `__getitem__`."""
 
@@ -176,6 +229,7 @@ class BatchLoader:
     def __init__(self, dataset, sampler, num_workers=0, pin_memory=False):
         self.dataset = dataset
         self.sampler = sampler
+        self.num_workers, self.pin_memory = num_workers, pin_memory
         self.loader = None
         if not getattr(dataset, "batched", False):
             self.loader = torch.utils.data.DataLoader(

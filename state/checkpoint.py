@@ -13,6 +13,9 @@ loads it and loading can never run code; it is written atomically (utils/atomic.
     best_metric, best_epoch                        state/progress.py
     callbacks                                      {name: state} of the callbacks with state
     rng, epoch_sums                                each process's random state and partial epoch sums
+    global_batch, epoch_samples                    samples per optimizer step over every process, and the
+                                                   epoch's steps taken in samples: where a resume on any
+                                                   number of processes continues (state/rescale.py)
 """
 import pickle
 from pathlib import Path
@@ -22,11 +25,11 @@ import torch
 from utils.atomic import save_atomic
 from utils.errors import UserError
 
-FORMAT = "torch-template/3"
+FORMAT = "torch-template/4"
 KEYS = frozenset({
     "format", "task", "model_type", "config", "world_size", "model", "ema", "optimizer", "scheduler", "scaler",
     "epoch", "batches_done", "global_step", "skipped_steps", "nonfinite_batches", "history", "monitor", "stopped_by",
-    "best_metric", "best_epoch", "callbacks", "rng", "epoch_sums",
+    "best_metric", "best_epoch", "callbacks", "rng", "epoch_sums", "global_batch", "epoch_samples",
 })
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel / DDP and by torch.compile
 # The first bytes of what torch.save writes: a zip archive, or (its legacy format) a pickle of protocol 2+.
@@ -147,7 +150,7 @@ def make_checkpoint(task, config, world_size, model, ema, optimization, progress
     checkpoint = {"format": FORMAT, "task": task, "model_type": config["model_type"], "config": config,
                   "world_size": world_size, "model": model, "ema": ema, **optimization, **progress,
                   "callbacks": callbacks, "rng": [rank["rng"] for rank in ranks],
-                  "epoch_sums": [rank["sums"] for rank in ranks]}
+                  "epoch_sums": [rank["sums"] for rank in ranks], **global_position(config, world_size, progress)}
     assert set(checkpoint) == KEYS, f"the checkpoint's keys changed: {sorted(set(checkpoint) ^ KEYS)}"
     return checkpoint
 
@@ -164,7 +167,7 @@ def check_checkpoint(checkpoint, path, task):
         raise UserError(f"{path} is not a training checkpoint of this toolkit (no '{FORMAT}' state)")
     if checkpoint["format"] != FORMAT:
         raise UserError(f"{path} has the checkpoint format {checkpoint['format']} of another version of this "
-                        f"toolkit; this version reads {FORMAT} and torch-template/2")
+                        f"toolkit; this version reads {FORMAT}, torch-template/3 and torch-template/2")
     if checkpoint.get("task") != task:
         raise UserError(f"{path} was written by the {checkpoint.get('task')} task (model "
                         f"{checkpoint['config'].get('model_type')}), not by the {task} task")
@@ -174,12 +177,29 @@ def check_checkpoint(checkpoint, path, task):
     return checkpoint
 
 
+def global_position(config, world_size, progress):
+    """The global batch G and where the epoch stands in its global order, as steps taken x G (the
+    epoch's short last step counted whole), for a run with the options `config` on `world_size`
+    processes at `progress`."""
+    accum_steps = config["accum_steps"]
+    total = config["batch_size"] * world_size * accum_steps
+    return {"global_batch": total, "epoch_samples": -(-progress["batches_done"] // accum_steps) * total}
+
+
 def upgrade(checkpoint):
-    """A checkpoint of format torch-template/2 in this format: the task named without its trainer's
+    """A checkpoint of an older format in this one: torch-template/2 to /3, then /3 to /4."""
+    if checkpoint.get("format") == "torch-template/2":
+        checkpoint = upgrade_from_2(checkpoint)
+    if checkpoint.get("format") == "torch-template/3" and {"config", "world_size", "batches_done"} <= set(checkpoint):
+        checkpoint = {**checkpoint, "format": FORMAT,
+                      **global_position(checkpoint["config"], checkpoint["world_size"], checkpoint)}
+    return checkpoint
+
+
+def upgrade_from_2(checkpoint):
+    """A checkpoint of format torch-template/2 in format /3: the task named without its trainer's
     "Trainer", the early stopper as the monitor and the reason training stopped, and the top-k list
     and the trackers' state as the states of their callbacks."""
-    if checkpoint.get("format") != "torch-template/2":
-        return checkpoint
     old = dict(checkpoint)
     stopper, pruned, top_k = old.pop("early_stopper"), old.pop("pruned", False), old.pop("top_k", [])
     callbacks = {"trackers": {"logged_scalars": old.pop("logged_scalars", None),
@@ -187,7 +207,7 @@ def upgrade(checkpoint):
     if old["config"].get("save_top_k"):
         callbacks["top_k"] = {"kept": top_k}
     early_stopped = stopper["patience"] > 0 and stopper["bad_epochs"] >= stopper["patience"]
-    return {**old, "format": FORMAT, "task": str(old.get("task", "")).removesuffix("Trainer"),
+    return {**old, "format": "torch-template/3", "task": str(old.get("task", "")).removesuffix("Trainer"),
             "monitor": {name: stopper[name] for name in ("mode", "delta", "best", "best_epoch", "bad_epochs")},
             "stopped_by": "pruned" if pruned else "early_stopped" if early_stopped else None, "callbacks": callbacks}
 
@@ -224,15 +244,13 @@ def progress_of(checkpoint, device="cpu"):
     return progress
 
 
-def check_resumable(run, checkpoint, args, world_size):
-    """Refuse a resume that cannot continue the run exactly, or that has nothing left to do."""
+def check_resumable(run, checkpoint, args, world_size, log=None):
+    """Refuse a resume that cannot continue the run exactly, or that has nothing left to do; a checkpoint
+    of another number of processes is laid out for `world_size` (state/rescale.py)."""
+    from state.rescale import rescale
     from state.status import Status
     from training.schedules import SCHEDULES_OVER_N_EPOCH
-    saved_world = checkpoint["world_size"]
-    if saved_world != world_size:
-        launch = f"torchrun --nproc_per_node {saved_world}" if saved_world > 1 else "python (one process)"
-        raise UserError(f"--resume {args.resume} was written by {saved_world} processes and this run has "
-                        f"{world_size}; each process draws its own batches, so resume with {launch}")
+    rescale(checkpoint, args, world_size, log)
     done = progress_of(checkpoint)
     metrics = run.read_json("metrics.json") or {}
     if done.stopped_by == Status.PRUNED and metrics.get("status") == Status.PRUNED:

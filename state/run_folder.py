@@ -35,6 +35,9 @@ from utils.errors import UserError
 from utils.timestamp import make_run_dir
 
 
+HELD_LOCKS = {}  # run folder -> the open `.lock` by which this process holds it
+
+
 class RunFolder:
     def __init__(self, path, model_type, writes=True):
         self.path = Path(path)
@@ -46,13 +49,14 @@ class RunFolder:
         self.branched_from = None  # the run folder this one continues from an older state (state/branch.py)
 
     @classmethod
-    def create(cls, output_dir, model_type, writes=True, suffix=""):
-        """A new timestamped folder in `output_dir` (its name ending in `suffix`), made by the main
-        process and named to every rank."""
+    def create(cls, output_dir, model_type, writes=True, suffix="", name=None):
+        """A new timestamped folder in `output_dir` (its name ending in `suffix`), or the folder `name`
+        there (--run_name: a requeued job finds it again), made by the main process and named to every
+        rank, and locked before anything is written to it."""
         path = None
         if writes:
             try:
-                path = make_run_dir(output_dir, suffix)
+                path = make_run_dir(output_dir, suffix) if name is None else make_named_dir(output_dir, name)
             except OSError as error:
                 raise UserError(f"cannot create a run folder in --output_dir {output_dir}: "
                                 f"{error.strerror or error}") from None
@@ -60,12 +64,33 @@ class RunFolder:
         run.lock()
         return run
 
+    @classmethod
+    def create_for(cls, args, writes=True, suffix=""):
+        """The new folder of a training run with the options `args`: in --output_dir (else
+        Results/<proj_name>), named --run_name, else by the time, a debug run's suffix and `suffix`."""
+        from cli.arguments import debug_run_suffix
+        output = args.output_dir or Path("Results") / args.proj_name
+        return cls.create(output, args.model_type, writes, debug_run_suffix(args) + suffix, args.run_name)
+
+    @classmethod
+    def resumed(cls, checkpoint_path, model_type, writes=True):
+        """The folder of the run that `checkpoint_path` resumes, locked."""
+        run = cls(Path(checkpoint_path).parent, model_type, writes)
+        run.lock()
+        return run
+
     def lock(self):
         """Hold `<run>/.lock` while this process trains the run (the main process; the lock goes with
-        the process, also when it is killed): a second process that would resume it is refused."""
+        the process, also when it is killed): a second process that would resume it is refused. A
+        lock this process holds already (a start refused after locking, in a test or a notebook) is
+        taken over, not refused."""
         if not self.writes:
             return
         import fcntl
+        key = self.path.resolve()
+        if key in HELD_LOCKS and not HELD_LOCKS[key].closed:
+            self.lock_handle = HELD_LOCKS[key]
+            return
         handle = open(self.path / ".lock", "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -78,7 +103,7 @@ class RunFolder:
         handle.truncate(0)
         handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
-        self.lock_handle = handle  # kept open: closing it releases the lock
+        self.lock_handle = HELD_LOCKS[key] = handle  # kept open: closing it releases the lock
 
     def checkpoint_path(self, kind):
         return self.path / f"{self.model_type}_{kind}_ckpt.pth"
@@ -245,6 +270,14 @@ class RunFolder:
                 log.warning(f"{entry['file']} was not written (a save cut short); rewrote it from the last checkpoint")
             restored.append(entry)
         return restored
+
+
+def make_named_dir(output_dir, name):
+    """`<output_dir>/<name>`, made if missing (resume_policy.py has refused one that holds another run)."""
+    path = Path(output_dir) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
 
 def wait_for_a_later_second(folder):
     """TensorBoard reads a run's event files in the order of their names, which start with the

@@ -209,7 +209,8 @@ sys.exit(Stopping.main())
 def test_ddp_resume_mid_epoch_restores_every_rank(fashion_dir, tmp_path):
     """Each rank's partial epoch sums and random stream (dropout on) come back: the resumed run's
     metrics and weights equal the uninterrupted run's, with a per-step schedule and EMA weights
-    too. Another number of processes is refused."""
+    too. Another number of processes that would change the global batch is refused (one that keeps it
+    resumes: tests/test_cluster.py)."""
     flags = ["--data_dir", fashion_dir, "--batch_size", "16", "--deterministic", *FLAGS, "--n_epoch", "2",
              "--dropout", "0.2", "--lr_scheduler", "cosine", "--warmup_steps", "4", "--ema_decay", "0.9"]
     full = torchrun(2, "trainer_vanilla.py", "--output_dir", tmp_path / "full", *flags)
@@ -223,10 +224,11 @@ def test_ddp_resume_mid_epoch_restores_every_rank(fashion_dir, tmp_path):
     assert (state["epoch"], state["batches_done"], state["world_size"]) == (1, 5, 2)
     assert len(state["epoch_sums"]) == len(state["rng"]) == 2
     assert not torch.equal(*(sums["sums"]["loss_sum"] for sums in state["epoch_sums"]))  # each rank's own
-    refused = subprocess.run(python_command("trainer_vanilla.py", "--resume", run), cwd=ROOT, capture_output=True,
-                             text=True, timeout=120)
-    assert refused.returncode == 2 and "written by 2 processes and this run has 1" in refused.stderr
-    assert "torchrun --nproc_per_node 2" in refused.stderr and "Traceback" not in refused.stderr
+    refused = subprocess.run(python_command("trainer_vanilla.py", "--resume", run, "--batch_size", "16", "--accum_steps",
+                                            "1"), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "the global batch is 32 samples per step" in refused.stderr
+    assert "--batch_size 16 x 1 process(es) x --accum_steps 1 = 16" in refused.stderr
+    assert "Traceback" not in refused.stderr
     resumed = torchrun(2, "trainer_vanilla.py", "--resume", run)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     uninterrupted = run_dirs(tmp_path / "full")[0]

@@ -17,8 +17,30 @@ def init_distributed(use_cuda):
     if not launched_by_torchrun():
         return 0, 1, 0
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        backend, store = "nccl" if use_cuda else "gloo", restart_keyed_store()
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]))
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def restart_keyed_store():
+    """Under torchrun's elastic agent, the process group's store with keys of this attempt alone, else None.
+
+    The agent keeps its store across the restarts of a worker group (`--max-restarts`), and the
+    workers of a restarted group can read the addresses the previous attempt left there (connection
+    refused, or a hang); keyed by TORCHELASTIC_RESTART_COUNT, each attempt meets only its own."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return None
+    from torch.distributed.constants import default_pg_timeout
+    agent_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
+                          is_master=not agent_serves and os.environ["RANK"] == "0", timeout=default_pg_timeout,
+                          multi_tenant=not agent_serves)
+    return dist.PrefixStore(f"torch-template/attempt-{attempt}", store)
 
 
 def is_distributed():

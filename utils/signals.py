@@ -1,11 +1,15 @@
-"""SIGINT and SIGTERM (a cluster's pre-emption) as a request the training loops honour at the next batch."""
+"""SIGINT, SIGTERM (a cluster's pre-emption) and SIGUSR1 (a scheduler's warning before the time limit,
+training/requeue.py) as a request the training loops honour at the next batch."""
 import signal
 import threading
 from contextlib import contextmanager
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
 class StopRequest:
-    """Records the first SIGINT / SIGTERM instead of dying mid-write; a second Ctrl+C stops at once."""
+    """Records the first SIGINT / SIGTERM / SIGUSR1 instead of dying mid-write; a second Ctrl+C stops at once."""
 
     def __init__(self, log):
         self.log = log
@@ -30,7 +34,7 @@ class StopRequest:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = {signum: signal.signal(signum, self.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+        previous = {signum: signal.signal(signum, self.handle) for signum in STOP_SIGNALS}
         try:
             yield self
         finally:
@@ -40,8 +44,11 @@ class StopRequest:
     def handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if self.signum is not None:
+            return  # the first signal decides how the run ends
         self.signum = signum
-        self.log.warning(f"{signal.Signals(signum).name} received: stopping after the current batch, then saving "
+        then = "saving, then asking the scheduler to requeue the job" if signum == signal.SIGUSR1 else "saving"
+        self.log.warning(f"{signal.Signals(signum).name} received: stopping after the current batch, then {then} "
                          "(Ctrl+C again to stop at once)")
 
 

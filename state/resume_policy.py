@@ -1,0 +1,111 @@
+"""Which run `--resume auto` continues, so that a requeued or restarted job finds its own run.
+
+    --run_name NAME    the run's folder is `<output_dir>/NAME`: a requeued job that repeats its command
+                       line finds it. With `--resume auto` that folder is continued when it holds a
+                       resumable checkpoint, a new run starts in it when it holds none, and a folder
+                       whose run is finished or whose checkpoint does not load is refused (a new run
+                       there would overwrite it).
+    no --run_name      the newest resumable run of the same task in the output folder, among runs
+                       without a run name whose options agree with those given; a new run when none.
+
+A run is resumable when its `last` checkpoint loads, was written by this task, and its test has not
+run. Under torchrun, a restarted worker group (`TORCHELASTIC_RESTART_COUNT` > 0) resumes as if
+`--resume auto` were given.
+"""
+import os
+from pathlib import Path
+
+from utils.errors import UserError
+from utils.logger import setup_logger
+
+AUTO = "auto"
+
+
+def elastic_restart():
+    """True in a worker group that torchrun restarted after a failure."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
+def output_folder(args):
+    return Path(args.output_dir or Path("Results") / args.proj_name)
+
+
+def wants_auto(args):
+    """Whether this command continues its run by itself: `--resume auto`, or a torchrun restart."""
+    return (args.resume is not None and str(args.resume) == AUTO) or (args.resume is None and elastic_restart())
+
+
+def auto_resume(args, task, agrees):
+    """The checkpoint `--resume auto` continues, or None for a new run; `agrees(config)` says whether a
+    run's saved options are those of this command (another experiment's run is never picked)."""
+    if args.run_name:
+        check_run_name(args.run_name)
+        path = named_run_checkpoint(output_folder(args) / args.run_name, task)
+    else:
+        path = newest_resumable(output_folder(args), task, agrees)
+    say = setup_logger().info if os.environ.get("RANK", "0") == "0" else (lambda message: None)
+    say(f"--resume auto: continuing {path}" if path else
+        f"--resume auto: no resumable run of the {task} task in {output_folder(args)}; starting a new run")
+    return path
+
+
+def checkpoint_in(folder):
+    found = sorted(Path(folder).glob("*_last_ckpt.pth"))
+    return found[0] if len(found) == 1 else None
+
+
+def resumable(folder, task):
+    """(checkpoint path, its options) of a run that `--resume auto` may continue; a UserError saying why not."""
+    from state.checkpoint import read_checkpoint
+    from state.run_folder import RunFolder
+    path = checkpoint_in(folder)
+    if path is None:
+        raise UserError(f"run {folder} holds no *_last_ckpt.pth checkpoint")
+    checkpoint = read_checkpoint(path, task)
+    if "test" in (RunFolder(folder, checkpoint["model_type"], writes=False).read_json("metrics.json") or {}):
+        raise UserError(f"run {folder} is finished (trained and tested)")
+    return path, checkpoint["config"]
+
+
+def named_run_checkpoint(folder, task):
+    """The checkpoint of the run named `folder`, None when it holds no run yet; refused when its run cannot
+    be continued, since a new run in its folder would overwrite it."""
+    if checkpoint_in(folder) is None and not (folder / "metrics.json").exists():
+        return None
+    try:
+        return resumable(folder, task)[0]
+    except UserError as error:
+        raise UserError(f"--resume auto --run_name {folder.name}: {error}; nothing to continue, and a new run "
+                        "would overwrite it: choose another --run_name") from None
+
+
+def newest_resumable(output, task, agrees):
+    """The newest resumable checkpoint of a run without a run name whose options `agrees` with, or None."""
+    if not output.is_dir():
+        return None
+    candidates = sorted((path for path in output.glob("*/*_last_ckpt.pth")), key=lambda path: path.stat().st_mtime,
+                        reverse=True)
+    for candidate in candidates:
+        try:
+            path, config = resumable(candidate.parent, task)
+        except UserError:
+            continue
+        if not config.get("run_name") and agrees(config):
+            return path
+    return None
+
+
+def check_new_named_run(args):
+    """A new run named --run_name refuses a folder that holds a run already (without --resume auto)."""
+    if not args.run_name:
+        return
+    check_run_name(args.run_name)
+    folder = output_folder(args) / args.run_name
+    if checkpoint_in(folder) is not None or (folder / "metrics.json").exists():
+        raise UserError(f"--run_name {args.run_name}: {folder} holds a run already; continue it with --resume auto, "
+                        "or choose another --run_name")
+
+
+def check_run_name(name):
+    if not name or "/" in name or name in (".", ".."):
+        raise UserError(f"--run_name {name!r}: expected a folder name, without '/'")

@@ -1,0 +1,373 @@
+"""Runs that survive a cluster, on the CPU (gloo): --resume auto and --run_name, the run's lock, SIGUSR1
+and the requeue, torchrun's restarts, and resumes on another number of processes."""
+import argparse
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cluster_trainer import RecordingTrainer
+from helpers import ROOT, assert_same_weights, last_checkpoint, load_plain, read_json, refused, run_dirs
+from test_scale import free_port
+
+SCRIPT = Path(__file__).resolve().parent / "cluster_trainer.py"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+GLOBAL_BATCH = 32
+# Plain SGD and no dropout: the processes' sums are then the only difference between process counts.
+FLAGS = ["--train_val_sample_rate", "0.25", "--test_sample_rate", "0.25", "--dropout", "0", "--n_epoch", "2",
+         "--optim", "sgd", "--lr", "0.05", "--momentum", "0", "--deterministic", "--global_batch_size", GLOBAL_BATCH,
+         "--save_every_n_steps", "5", "--log_every_n_steps", "100"]
+STEPS_PER_EPOCH = 11  # 337 training samples in steps of 32
+# Weights of runs on different numbers of processes differ by the order of floating-point sums:
+# measured up to 3.7e-7 (the largest difference of a tensor over its largest value) after 2 epochs.
+TOLERANCE = 1e-5
+
+
+def argv(data_dir, output, *extra):
+    return [str(arg) for arg in ("--data_dir", data_dir, "--output_dir", output, *FLAGS, *extra)]
+
+
+def environment(**extra):
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+
+
+def torchrun(nproc, *args, restarts=0, env=None, timeout=240):
+    command = [*TORCHRUN, "--nproc_per_node", str(nproc), "--max-restarts", str(restarts),
+               "--master_port", str(free_port()), str(SCRIPT), *map(str, args)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                            env=environment(**(env or {})))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def train_keeping(argv_, step):
+    """An in-process run that keeps a copy of its folder when it saves `step` (cluster_trainer.py)."""
+    os.environ["KEEP_AT_STEP"] = str(step)
+    try:
+        assert RecordingTrainer.main(argv_) == 0
+    finally:
+        del os.environ["KEEP_AT_STEP"]
+
+
+def the_run(output):
+    return next(run for run in run_dirs(output) if "_at" not in run.name)
+
+
+def step_samples(run):
+    """{(epoch, global step of the epoch): hash of the sorted sample indices the step took over every process}."""
+    samples = {}
+    for path in Path(run).glob("samples.rank*.txt"):
+        for line in path.read_text().splitlines():
+            epoch, micro_batch, batch_size, processes, indices = (line.split(" ") + [""])[:5]
+            step = int(micro_batch) * int(batch_size) * int(processes) // GLOBAL_BATCH
+            samples.setdefault((int(epoch), step), set()).update(int(i) for i in indices.split(",") if i)
+    return {key: hashlib.sha1(",".join(map(str, sorted(value))).encode()).hexdigest()
+            for key, value in samples.items()}
+
+
+def assert_same_run_within_tolerance(run, reference):
+    """The same samples at every step, and weights and test numbers within TOLERANCE."""
+    samples = step_samples(run)
+    assert len(samples) == 2 * STEPS_PER_EPOCH and samples == step_samples(reference)
+    first, second = last_checkpoint(run), last_checkpoint(reference)
+    assert first["global_step"] == second["global_step"] == 2 * STEPS_PER_EPOCH
+    for key, value in second["model"].items():
+        difference = (first["model"][key] - value).abs().max() / value.abs().max()
+        assert difference < TOLERANCE, (key, float(difference))
+    tested, expected = read_json(run / "metrics.json")["test"], read_json(reference / "metrics.json")["test"]
+    assert tested == pytest.approx(expected, rel=TOLERANCE)
+
+
+@pytest.fixture(scope="module")
+def single(fashion_dir, tmp_path_factory):
+    """The uninterrupted run in one process (batches of 32), with a copy of its folder at step 5."""
+    output = tmp_path_factory.mktemp("single")
+    train_keeping(argv(fashion_dir, output, "--batch_size", GLOBAL_BATCH), 5)
+    return the_run(output)
+
+
+@pytest.fixture(scope="module")
+def two(fashion_dir, tmp_path_factory):
+    """The uninterrupted run in two processes (batches of 16), with a copy of its folder at step 15."""
+    output = tmp_path_factory.mktemp("two")
+    torchrun(2, *argv(fashion_dir, output, "--batch_size", 16), env={"KEEP_AT_STEP": "15"})
+    return the_run(output)
+
+
+# ---------------------------------------------------------------------- any number of processes
+def test_one_and_two_processes_take_the_same_samples_every_step(single, two):
+    assert_same_run_within_tolerance(two, single)
+
+
+def test_a_run_saved_on_two_processes_resumes_on_one_mid_epoch(single, two, tmp_path):
+    kept = shutil.copytree(two.with_name(f"{two.name}_at15"), tmp_path / "run")
+    assert last_checkpoint(kept)["batches_done"] == 4  # 4 of epoch 2's 11 steps, in batches of 16 x 2
+    assert RecordingTrainer.main(["--resume", str(kept)]) == 0
+    assert_same_run_within_tolerance(kept, single)
+    resumed = last_checkpoint(kept)
+    assert resumed["world_size"] == 1 and resumed["config"]["accum_steps"] == 2  # 16 x 1 x 2 keeps 32
+    assert "resuming on 1 process(es) a state saved by 2" in (kept / "log.txt").read_text()
+
+
+def test_a_run_saved_on_one_process_resumes_on_four_mid_epoch(single, tmp_path):
+    kept = shutil.copytree(single.with_name(f"{single.name}_at5"), tmp_path / "run")
+    # batches of 2: 4 micro-batches per step, and the epoch's last micro-batch (1 sample) leaves 3 ranks a placeholder
+    torchrun(4, "--resume", kept, "--batch_size", 2)
+    assert_same_run_within_tolerance(kept, single)
+    resumed = last_checkpoint(kept)
+    assert resumed["world_size"] == 4 and resumed["config"]["accum_steps"] == 4
+
+
+def test_the_global_batch_fixes_the_samples_of_every_step_and_their_weights():
+    """Every split of a global batch of 8 (processes x batch x accumulation) takes the same samples at
+    every step; a placeholder (a rank the short last micro-batch leaves empty) weighs 0, and every real
+    sample weighs 1 / the step's samples."""
+    from data.loader import GlobalBatchSampler
+    size, total = 21, 8
+    expected = None
+    for processes, batch_size in ((1, 8), (1, 2), (2, 4), (2, 1), (4, 2), (4, 1)):
+        accum = total // (processes * batch_size)
+        steps = {}
+        for rank in range(processes):
+            sampler = GlobalBatchSampler(size, batch_size, seed=3, rank=rank, world_size=processes)
+            sampler.set_epoch(2)
+            for index, batch in enumerate(sampler):
+                real = sampler.batch_size_at(index)
+                step = index // accum
+                step_size = min(total, size - step * total)
+                share = sampler.share_at(index, accum)
+                assert share == 0 if real == 0 else share / (processes * real) == pytest.approx(1 / step_size)
+                steps.setdefault(step, []).extend(batch[:real].tolist())
+        assert all(len(indices) == len(set(indices)) for indices in steps.values())
+        steps = {step: sorted(indices) for step, indices in steps.items()}
+        assert expected is None or steps == expected, (processes, batch_size)
+        expected = steps
+    assert sorted(sum(expected.values(), [])) == list(range(size))
+
+
+@pytest.mark.parametrize("batches_done, steps_done", [(20, 5), (43, 11)])  # mid-epoch; after the epoch's last step
+def test_a_position_saved_by_one_split_resumes_at_the_same_sample_in_another(batches_done, steps_done):
+    """337 samples, saved on 1 process in batches of 8 x 4 micro-batches, resumed on 2 in batches of 16:
+    the 2 processes take the rest of the epoch's order, from the first sample of step `steps_done` on."""
+    from data.loader import GlobalBatchSampler
+    from state.checkpoint import global_position
+    from state.rescale import rescale
+    config = {"batch_size": 8, "accum_steps": 4}
+    checkpoint = {"world_size": 1, "config": config, "batches_done": batches_done, "global_step": 7,
+                  "epoch_sums": [{"sums": {"correct": torch.tensor(3.0)}, "counts": {"loss_samples": 160}}],
+                  "rng": [None], **global_position(config, 1, {"batches_done": batches_done})}
+    args = argparse.Namespace(batch_size=16, accum_steps=1, seed=0, resume="last")
+    rescale(checkpoint, args, world_size=2)
+    assert checkpoint["batches_done"] == steps_done and len(checkpoint["rng"]) == len(checkpoint["epoch_sums"]) == 2
+    order = GlobalBatchSampler(337, 337, seed=5)
+    order.set_epoch(1)
+    rest = []
+    for rank in range(2):
+        sampler = GlobalBatchSampler(337, 16, seed=5, rank=rank, world_size=2)
+        sampler.set_epoch(1, skip_batches=checkpoint["batches_done"])
+        rest += [index for offset, batch in enumerate(sampler, start=sampler.skip)
+                 for index in batch[:sampler.batch_size_at(offset)].tolist()]
+    assert sorted(rest) == sorted(next(iter(order))[steps_done * 32:].tolist())
+
+
+def test_global_batch_arithmetic_and_its_refusals():
+    from cli.global_batch import resolve_global_batch
+    from utils.errors import UserError
+    args = argparse.Namespace(global_batch_size=32, batch_size=8, accum_steps=None)
+    resolve_global_batch(args, 2)
+    assert args.accum_steps == 2
+    args = argparse.Namespace(global_batch_size=32, batch_size=None, accum_steps=2)
+    resolve_global_batch(args, 4)
+    assert args.batch_size == 4
+    with pytest.raises(UserError, match=r"--global_batch_size 32 on 4 process\(es\) with --batch_size 32: .*"
+                                        r"give --batch_size one of 1, 2, 4, 8"):
+        resolve_global_batch(argparse.Namespace(global_batch_size=32, batch_size=32, accum_steps=None), 4)
+    with pytest.raises(UserError, match=r"the global batch is 32 .* --batch_size 8 x 2 process\(es\) x --accum_steps 4 = 64"):
+        resolve_global_batch(argparse.Namespace(global_batch_size=32, batch_size=8, accum_steps=4), 2)
+
+
+def test_refusals_name_the_fix(single, fashion_dir, tmp_path, capsys):
+    kept = single.with_name(f"{single.name}_at5")
+    message = refused(RecordingTrainer.main, ["--resume", kept, "--global_batch_size", 64], capsys)
+    assert "the checkpoint's global batch is 32" in message and "leave --global_batch_size out" in message
+    message = refused(RecordingTrainer.main, argv(fashion_dir, tmp_path, "--batch_size", 7), capsys)
+    assert "--global_batch_size 32 on 1 process(es) with --batch_size 7" in message
+
+
+def test_an_old_checkpoint_gets_its_global_position():
+    """A torch-template/3 checkpoint (no global batch, no position in the global order) is upgraded."""
+    from state.checkpoint import FORMAT, upgrade
+    checkpoint = {"format": "torch-template/3", "config": {"batch_size": 16, "accum_steps": 2}, "world_size": 2,
+                  "batches_done": 6}
+    upgraded = upgrade(checkpoint)
+    assert upgraded["format"] == FORMAT and upgraded["global_batch"] == 64 and upgraded["epoch_samples"] == 192
+
+
+# ---------------------------------------------------------------------- restarts that continue by themselves
+def start(fashion_dir, output, *extra, env=None):
+    command = [sys.executable, str(SCRIPT), *argv(fashion_dir, output, "--batch_size", GLOBAL_BATCH, *extra)]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=environment(**(env or {})))
+
+
+def wait_for_a_checkpoint(process, run, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not (run / "Vanilla_last_ckpt.pth").is_file():
+        assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()[-3000:]
+        time.sleep(0.05)
+
+
+def test_resume_auto_after_sigkill_continues_its_run_bit_equal(single, fashion_dir, tmp_path):
+    process = start(fashion_dir, tmp_path, "--run_name", "job")
+    try:
+        wait_for_a_checkpoint(process, tmp_path / "job")
+        process.kill()  # its lock goes with it
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert RecordingTrainer.main(argv(fashion_dir, tmp_path, "--batch_size", GLOBAL_BATCH, "--run_name", "job",
+                                      "--resume", "auto")) == 0
+    assert run_dirs(tmp_path) == [tmp_path / "job"]
+    assert_same_weights(tmp_path / "job", single, optimizer=True)
+    assert step_samples(tmp_path / "job") == step_samples(single)
+    assert "resumed from" in (tmp_path / "job" / "log.txt").read_text()
+
+
+def fake_slurm(folder, calls):
+    """A folder for PATH with `scontrol` and `srun` that record their arguments in `calls`; `srun` runs its
+    command, and `scontrol show hostnames` names this machine."""
+    folder.mkdir()
+    (folder / "scontrol").write_text(f'#!/bin/sh\necho "scontrol $@" >> {calls}\n'
+                                     '[ "$1" = show ] && echo localhost\nexit 0\n')
+    (folder / "srun").write_text(f'#!/bin/sh\necho "srun $@" >> {calls}\n')
+    for name in ("scontrol", "srun"):
+        (folder / name).chmod(0o755)
+    path = os.pathsep.join((str(folder), str(Path(sys.executable).parent), os.environ["PATH"]))  # torchrun too
+    return {"PATH": path, "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train"}
+
+
+def test_sigusr1_saves_asks_slurm_to_requeue_and_the_requeued_job_continues(single, fashion_dir, tmp_path):
+    """The one-node sbatch script, run as SLURM would (a fake scontrol): SIGUSR1 to the script reaches the
+    worker, which saves, asks for the requeue and exits with 138; the requeued job ends the run bit-equal."""
+    calls, output = tmp_path / "calls", tmp_path / "runs"
+    env = environment(MAX_RESTARTS="0", **fake_slurm(tmp_path / "bin", calls))
+    command = ["bash", ROOT / "configs" / "slurm" / "train_one_node.sbatch", SCRIPT,
+               *argv(fashion_dir, output, "--batch_size", GLOBAL_BATCH)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_for_a_checkpoint(process, output / "train-4242")
+        process.send_signal(signal.SIGUSR1)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode != 0 and "exitcode  : 138" in stderr, stderr[-3000:]
+    assert calls.read_text() == "scontrol requeue 4242\n"
+    run = output / "train-4242"
+    assert read_json(run / "metrics.json")["status"] == "interrupted"
+    assert "requeued the job: scontrol requeue 4242" in (run / "log.txt").read_text()
+    assert 5 <= last_checkpoint(run)["global_step"] < 2 * STEPS_PER_EPOCH
+    # the requeued job runs the same command (here in this process: the script's was tried above)
+    assert RecordingTrainer.main(argv(fashion_dir, output, "--batch_size", GLOBAL_BATCH, "--run_name", "train-4242",
+                                      "--resume", "auto")) == 0
+    assert_same_weights(run, single, optimizer=True)
+    assert step_samples(run) == step_samples(single)
+
+
+def test_the_many_nodes_script_starts_torchrun_on_every_node_with_the_c10d_rendezvous(tmp_path):
+    calls = tmp_path / "calls"
+    env = environment(SLURM_JOB_NUM_NODES="2", SLURM_GPUS_ON_NODE="4", SLURM_JOB_NODELIST="node[1-2]",
+                      **fake_slurm(tmp_path / "bin", calls))
+    result = subprocess.run(["bash", ROOT / "configs" / "slurm" / "train_many_nodes.sbatch", "trainer_vanilla.py",
+                             "--n_epoch", "3"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert calls.read_text().splitlines() == [
+        "scontrol show hostnames node[1-2]",
+        "srun --kill-on-bad-exit=1 bash configs/slurm/forward_usr1.sh torchrun --nnodes 2 --nproc_per_node 4 "
+        "--rdzv_backend c10d --rdzv_endpoint localhost:29500 --rdzv_id 4242 --max-restarts 3 trainer_vanilla.py "
+        "--n_epoch 3 --run_name train-4242 --resume auto"]
+
+
+def test_torchrun_restarts_a_killed_worker_and_the_group_continues_bit_equal(two, fashion_dir, tmp_path):
+    command = [*TORCHRUN, "--nproc_per_node", "2", "--max-restarts", "1", "--master_port", str(free_port()),
+               str(SCRIPT), *argv(fashion_dir, tmp_path, "--batch_size", 16, "--run_name", "job")]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environment())
+    try:
+        wait_for_a_checkpoint(process, tmp_path / "job")
+        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        os.kill(int(workers[-1]), signal.SIGKILL)
+        _, stderr = process.communicate(timeout=240)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    run = tmp_path / "job"
+    assert_same_weights(run, two, optimizer=True)
+    assert step_samples(run) == step_samples(two)
+    assert "--resume auto: continuing" in stderr and len(read_json(run / "config.json")["resumes"]) == 1
+
+
+# ---------------------------------------------------------------------- which run --resume auto continues
+def copy_run(source, destination, age):
+    shutil.copytree(source, destination)
+    for path in destination.iterdir():
+        os.utime(path, (time.time() - age, time.time() - age))
+    return destination
+
+
+def test_resume_auto_picks_the_newest_resumable_run_of_the_same_experiment(single, fashion_dir, tmp_path):
+    kept = single.with_name(f"{single.name}_at5")
+    resumable = copy_run(kept, tmp_path / "a_resumable", age=400)
+    copy_run(single, tmp_path / "b_finished", age=300)
+    broken = copy_run(kept, tmp_path / "c_broken", age=200)
+    (broken / "Vanilla_last_ckpt.pth").write_bytes(b"PK\x03\x04 cut short")
+    other = copy_run(kept, tmp_path / "d_other_lr", age=100)
+    checkpoint = load_plain(other / "Vanilla_last_ckpt.pth")
+    checkpoint["config"]["lr"] = 0.07
+    torch.save(checkpoint, other / "Vanilla_last_ckpt.pth")
+    command = argv(fashion_dir, tmp_path, "--batch_size", GLOBAL_BATCH, "--resume", "auto")
+    args, resumed = RecordingTrainer.parse(command)
+    assert args.resume == resumable / "Vanilla_last_ckpt.pth" and resumed["global_step"] == 5
+    shutil.rmtree(resumable)
+    args, resumed = RecordingTrainer.parse(command)
+    assert args.resume is None and resumed is None  # nothing left to continue: a new run
+
+
+def test_resume_auto_refuses_a_named_run_it_cannot_continue(single, fashion_dir, tmp_path, capsys):
+    shutil.copytree(single, tmp_path / "done")
+    message = refused(RecordingTrainer.main, argv(fashion_dir, tmp_path, "--batch_size", GLOBAL_BATCH,
+                                                  "--run_name", "done", "--resume", "auto"), capsys)
+    assert "is finished" in message and "choose another --run_name" in message
+    message = refused(RecordingTrainer.main, argv(fashion_dir, tmp_path, "--batch_size", GLOBAL_BATCH,
+                                                  "--run_name", "done"), capsys)
+    assert "holds a run already; continue it with --resume auto" in message
+
+
+def test_a_second_job_with_the_same_run_name_is_refused(fashion_dir, tmp_path, capsys):
+    (tmp_path / "busy").mkdir()
+    holder = subprocess.Popen(  # the first job, still training: it holds the run's lock as a trainer does
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "handle = open(sys.argv[1], 'a+'); fcntl.flock(handle, fcntl.LOCK_EX)\n"
+         "handle.write(f'process {os.getpid()} on a node\\n'); handle.flush(); print('locked', flush=True)\n"
+         "time.sleep(120)", tmp_path / "busy" / ".lock"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(SystemExit) as exit_info:
+            RecordingTrainer.main(argv(fashion_dir, tmp_path, "--batch_size", GLOBAL_BATCH, "--run_name", "busy",
+                                       "--resume", "auto"))
+    finally:
+        holder.kill()
+        holder.wait()
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in stderr
+    assert f"run {tmp_path / 'busy'} is being trained by process {holder.pid} on a node" in stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "busy" / "config.json").exists()
+    # its lock went with it: the same command now starts the run
+    assert RecordingTrainer.main(argv(fashion_dir, tmp_path, "--batch_size", GLOBAL_BATCH, "--run_name", "busy",
+                                      "--resume", "auto", "--n_epoch", 1)) == 0
