@@ -319,7 +319,7 @@ class TrainerBase(Runner):
             nonfinite = distributed.any_rank(nonfinite, self.device)
         if not nonfinite:
             return True
-        where = f"epoch {self.progress.epoch + 1} batch {index + 1}/{self.n_batches} step {self.progress.global_step}"
+        where = f"epoch {self.progress.epoch + 1}, batch {index + 1} (global step {self.progress.global_step})"
         if not self.args.skip_nonfinite:
             if self.saved_position is None:  # the folder would hold no state to resume or test
                 self.run.remove_at_close()

@@ -13,6 +13,7 @@ import glob
 import re
 import runpy
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -51,9 +52,7 @@ def quick_started(tmp_path_factory):
     """A working folder as the quick start leaves it: the generated FashionMNIST and the example configs."""
     folder = tmp_path_factory.mktemp("quick_started")
     write_fashion_mnist(folder / "Dataset" / "synthetic", n_train=12000, n_test=2000, seed=0)
-    (folder / "configs").mkdir()
-    for config in (ROOT / "configs").iterdir():
-        (folder / "configs" / config.name).write_bytes(config.read_bytes())
+    shutil.copytree(ROOT / "configs", folder / "configs")
     return folder
 
 
