@@ -13,6 +13,19 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+# The files whose tests start many processes (sweeps' trials, torchrun), slowest first. pytest.ini
+# runs the files on one worker per core (pytest-xdist, --dist loadfile), which hands them out in
+# collection order: starting with the longest keeps one worker from ending alone on a long file.
+SLOW_FILES = ("test_sweep.py", "test_scale.py", "test_sweep_workers.py", "test_cluster.py", "test_resume.py",
+              "test_workflow.py", "test_export.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return SLOW_FILES.index(name) if name in SLOW_FILES else len(SLOW_FILES)
+    items.sort(key=rank)
+
 
 @pytest.fixture(scope="session")
 def fashion_dir(tmp_path_factory):
