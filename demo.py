@@ -50,7 +50,7 @@ def main():
     run([*evaluate, "--model_path", checkpoint, "--viz"])
 
     banner(f"Done. The run folder is {run_dir}:")
-    for path in sorted(run_dir.iterdir()):
+    for path in sorted(path for path in run_dir.iterdir() if not path.name.startswith(".")):  # not the lock
         print(f"    {path.name}{'/' if path.is_dir() else ''}")
     print(f"\nPictures: {run_dir / 'eval' / 'test' / 'viz'}\n"
           f"Curves: tensorboard --logdir {output_dir}\n"
