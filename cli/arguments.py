@@ -227,7 +227,7 @@ def parse_training_options(parser, argv, task):
         args.mlflow_uri = mlflow_uri(os.environ.get("MLFLOW_TRACKING_URI") or "mlruns")
     auto = wants_auto(args)
     if auto:
-        args.resume = auto_resume(args, task, lambda saved: agrees_with(parser, argv, args, saved))
+        args.resume = auto_resume(args, task, lambda checkpoint: agrees_with(parser, argv, args, checkpoint))
     if args.resume is None:
         check_new_named_run(args)
         mark_following_option(parser, argv, args)
@@ -249,12 +249,13 @@ def parse_training_options(parser, argv, task):
     return args, checkpoint
 
 
-def agrees_with(parser, argv, args, saved):
-    """Whether a run with the `saved` options is the experiment `argv` describes (a resume would accept it)."""
-    if args.global_batch_size is not None and saved.get("global_batch_size") not in (None, args.global_batch_size):
-        return False
+def agrees_with(parser, argv, args, checkpoint):
+    """Whether `checkpoint`'s run is the experiment `argv` describes: its resume would accept the options,
+    global batch included, exactly as the resume checks them."""
+    saved = checkpoint["config"]
     try:
-        merge_options(parser, argv, args, saved, resume_safe_options(parser, saved) | {"batch_size", "accum_steps"})
+        merged = merge_options(parser, argv, args, saved, resume_safe_options(parser, saved) | batch_split(checkpoint))
+        mark_following_option(parser, argv, merged, checkpoint["global_batch"])
     except UserError:
         return False
     return True

@@ -36,8 +36,8 @@ def wants_auto(args):
 
 
 def auto_resume(args, task, agrees):
-    """The checkpoint `--resume auto` continues, or None for a new run; `agrees(config)` says whether a
-    run's saved options are those of this command (another experiment's run is never picked)."""
+    """The checkpoint `--resume auto` continues, or None for a new run; `agrees(checkpoint)` says whether a
+    run's checkpoint is one this command would resume (another experiment's run is never picked)."""
     if args.run_name:
         check_run_name(args.run_name)
         path = named_run_checkpoint(output_folder(args) / args.run_name, task)
@@ -55,7 +55,7 @@ def checkpoint_in(folder):
 
 
 def resumable(folder, task):
-    """(checkpoint path, its options) of a run that `--resume auto` may continue; a UserError saying why not."""
+    """(checkpoint path, the checkpoint) of a run that `--resume auto` may continue; a UserError saying why not."""
     from state.checkpoint import read_checkpoint
     from state.run_folder import RunFolder
     path = checkpoint_in(folder)
@@ -64,7 +64,7 @@ def resumable(folder, task):
     checkpoint = read_checkpoint(path, task)
     if "test" in (RunFolder(folder, checkpoint["model_type"], writes=False).read_json("metrics.json") or {}):
         raise UserError(f"run {folder} is finished (trained and tested)")
-    return path, checkpoint["config"]
+    return path, checkpoint
 
 
 def named_run_checkpoint(folder, task):
@@ -87,10 +87,10 @@ def newest_resumable(output, task, agrees):
                         reverse=True)
     for candidate in candidates:
         try:
-            path, config = resumable(candidate.parent, task)
+            path, checkpoint = resumable(candidate.parent, task)
         except UserError:
             continue
-        if not config.get("run_name") and agrees(config):
+        if not checkpoint["config"].get("run_name") and agrees(checkpoint):
             return path
     return None
 

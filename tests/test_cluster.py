@@ -334,6 +334,11 @@ def test_resume_auto_picks_the_newest_resumable_run_of_the_same_experiment(singl
     command = argv(fashion_dir, tmp_path, "--batch_size", GLOBAL_BATCH, "--resume", "auto")
     args, resumed = RecordingTrainer.parse(command)
     assert args.resume == resumable / "Vanilla_last_ckpt.pth" and resumed["global_step"] == 5
+    at = FLAGS.index("--global_batch_size")  # another --batch_size, no global batch: another experiment
+    other_batch = [str(arg) for arg in ("--data_dir", fashion_dir, "--output_dir", tmp_path, *FLAGS[:at], *FLAGS[at + 2:],
+                                        "--batch_size", GLOBAL_BATCH * 2, "--resume", "auto")]
+    args, resumed = RecordingTrainer.parse(other_batch)
+    assert args.resume is None and resumed is None  # a new run, not a resume that refuses the batch size
     shutil.rmtree(resumable)
     args, resumed = RecordingTrainer.parse(command)
     assert args.resume is None and resumed is None  # nothing left to continue: a new run
