@@ -31,7 +31,7 @@ from training.callbacks import Callbacks, EarlyStopping, EpochLog, PeriodicSave,
 from training.ema import EMA
 from training.lr_finder import find_lr
 from training.optimization import Optimization
-from training.requeue import Requeue
+from training.requeue import Requeue, exit_status
 from utils import distributed
 from utils.batch import batch_size_of
 from utils.errors import NonFiniteLoss, UserError, run_cli
@@ -367,8 +367,9 @@ class TrainerBase(Runner):
 
     def raise_if_stopped(self):
         """Raise TrainingStopped on every rank when any rank received a signal (a collective under DDP)."""
-        if distributed.any_rank(self.stop.requested, self.device):
-            raise TrainingStopped(self.stop.signum or signal.SIGTERM, self.stop.reason)
+        if distributed.any_rank(self.stop.requested, self.device):  # every rank stops for the lowest rank's signal
+            signum = next((signum for signum in distributed.all_gather_object(self.stop.signum) if signum), None)
+            raise TrainingStopped(signum or signal.SIGTERM, self.stop.reason)
 
     # ------------------------------------------------------------------ logging
     def progress_bar(self, loader, phase, initial=0):
@@ -402,16 +403,17 @@ class TrainerBase(Runner):
     def exit_stopped(self, stopped):
         """Save what is not saved yet (every rank is here), mark the run interrupted, say how to resume."""
         if self.run is None:
-            raise SystemExit(128 + stopped.signum)
+            raise SystemExit(exit_status(stopped.signum))
         if self.progress.position != self.saved_position:
             self.save_checkpoint()
-        distributed.barrier()  # no rank exits (and gets the others killed) before rank 0 has saved
+        self.callbacks.trigger("on_stopped", self, stopped)
+        distributed.barrier()  # no rank exits (and gets the others killed) before rank 0 has saved and requeued
         self.write_metrics(Status.INTERRUPTED)
         launcher = f"torchrun --nproc_per_node {self.world_size} " if self.world_size > 1 else "python "
         last, at = self.run.checkpoint_path("last"), self.progress.where(self.args.n_epoch, self.n_batches)
         self.log.warning(f"stopped by {stopped} {at}; state saved to {last}. Resume with: "
                          f"{launcher}{sys.argv[0]} --resume {last}")
-        raise SystemExit(128 + stopped.signum)
+        raise SystemExit(exit_status(stopped.signum))
 
     def save_after_crash(self):
         """Save the last completed step after an exception, unless it is saved already, the weights are

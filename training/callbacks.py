@@ -12,6 +12,8 @@ The trainer calls each callback of `TrainerBase.build_callbacks()` at these even
                                              after this epoch, and what the callback changes now is
                                              saved with the epoch
     on_save(trainer)                         after each checkpoint write
+    on_stopped(trainer, stopped)             a signal stopped the run and its state is saved; every rank
+                                             waits for the callbacks here before leaving (`stopped.signum`)
     on_fit_end(trainer, status)              always, last: "finished", "stopped" or "failed"
 
 A callback with state has a `name` and `state_dict()` / `load_state_dict(state)`: its state is saved
@@ -39,6 +41,9 @@ class Callback:
         pass
 
     def on_save(self, trainer):
+        pass
+
+    def on_stopped(self, trainer, stopped):
         pass
 
     def on_fit_end(self, trainer, status):

@@ -2,10 +2,12 @@
 
 SLURM sends SIGUSR1 some seconds before the time limit when the job asks for it
 (`#SBATCH --signal=USR1@90`). The stop request (utils/signals.py) stops training within one batch
-and the trainer saves the state as for any signal; at the end of the run, rank 0 then asks the
-scheduler to requeue the job, and the process exits with 138 (128 + SIGUSR1), a status distinct
-from a crash and from SIGTERM. The requeued job, given `--resume auto --run_name NAME`, continues
-the run (state/resume_policy.py).
+and the trainer saves the state as for any signal; then, while the other ranks wait, rank 0 asks
+the scheduler to requeue the job, and the processes exit with 138 (128 + SIGUSR1), a status
+distinct from a crash and from SIGTERM. Under torchrun they exit with 0 instead: torchrun takes
+any other status for a failure and, with --max-restarts, would restart the group, which would
+resume and train on instead of ending the job. The requeued job, given `--resume auto --run_name
+NAME`, continues the run (state/resume_policy.py).
 
 Who requeues: the command in $REQUEUE_COMMAND when it is set (a shell command: the hook for
 another scheduler), else `scontrol requeue $SLURM_JOB_ID` inside a SLURM job; elsewhere nothing,
@@ -50,10 +52,15 @@ def requeue(log):
     return True
 
 
-class Requeue(Callback):
-    """After a run stopped by SIGUSR1 has saved its state, rank 0 asks the scheduler to requeue the job."""
+def exit_status(signum):
+    """The status a process stopped by `signum` exits with: 128 + signum, but 0 for SIGUSR1 under torchrun."""
+    return 0 if signum == REQUEUE_SIGNAL and "TORCHELASTIC_RUN_ID" in os.environ else 128 + signum
 
-    def on_fit_end(self, trainer, status):
-        if status == "stopped" and trainer.stop.signum == REQUEUE_SIGNAL and trainer.main_process \
-                and trainer.saved_position is not None:
+
+class Requeue(Callback):
+    """After a run stopped by SIGUSR1 has saved its state, rank 0 asks the scheduler to requeue the job
+    (before any rank leaves: torchrun would stop rank 0 once another rank has exited)."""
+
+    def on_stopped(self, trainer, stopped):
+        if stopped.signum == REQUEUE_SIGNAL and trainer.main_process:
             requeue(trainer.log)
