@@ -10,14 +10,13 @@ Test mode writes metrics.json (mean dice, IoU, pixel accuracy, and dice and IoU 
 Prediction mode (--input_dir) writes the Kaggle CSV (img,rle_mask) at each image's original size.
 """
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cli.options import EVALUATION, add_option
-from deploy.prediction import add_prediction_options, made_by
+from deploy.prediction import FolderPrediction, add_prediction_options, made_by
 from deploy.streamed_csv import ImageProgress, RowWriter, StreamedCsv, continued_rows, csv_field, finish_csv
 from eval import EvaluatorBase
 from trainer_seg_on_carvana import SegOnCarvanaTask, car_probability
@@ -30,7 +29,7 @@ from utils.rle import rle_encode
 __all__ = ["SegOnCarvanaEvaluator", "ImageProgress", "RowWriter", "continued_rows", "csv_field", "finish_csv"]
 
 
-class SegOnCarvanaEvaluator(EvaluatorBase):
+class SegOnCarvanaEvaluator(FolderPrediction, EvaluatorBase):
     task_class = SegOnCarvanaTask
 
     @classmethod
@@ -89,18 +88,6 @@ class SegOnCarvanaEvaluator(EvaluatorBase):
                 raise UserError("--submission needs --input_dir, the folder of images to predict")
             return super().run()
         return self.predict_folder()
-
-    @contextmanager
-    def output_folder(self):
-        """Prediction writes its CSV as it goes, to continue after an interruption: into the output
-        folder itself, not a temporary one that an interruption would remove."""
-        if self.args.input_dir is None:
-            with super().output_folder():
-                yield
-            return
-        yield
-        if self.save_path.is_dir() and any(self.save_path.iterdir()):  # else the submission's line names it all
-            self.log.info(f"results in {self.save_path}")
 
     def predict_folder(self):
         """Every image in --input_dir through the task's evaluation loop, streamed into Kaggle's CSV

@@ -10,11 +10,10 @@ IDX files) writes `predictions.csv` (file, predicted class, the probability of e
 --save_path (default <run>/eval/predict[_<tag>]), streamed and continued after an interruption.
 """
 import sys
-from contextlib import contextmanager
 
 import torch
 
-from deploy.prediction import add_prediction_options, made_by
+from deploy.prediction import FolderPrediction, add_prediction_options, made_by
 from deploy.streamed_csv import StreamedCsv, csv_field
 from eval import EvaluatorBase
 from trainer_vanilla import MEAN, STD, VanillaTask
@@ -38,7 +37,7 @@ class PredictingVanillaTask(VanillaTask):
         return model(batch["images"] if isinstance(batch, dict) else batch)
 
 
-class VanillaEvaluator(EvaluatorBase):
+class VanillaEvaluator(FolderPrediction, EvaluatorBase):
     task_class = PredictingVanillaTask
 
     @classmethod
@@ -54,16 +53,6 @@ class VanillaEvaluator(EvaluatorBase):
         if self.args.input_dir is None:
             return super().output_name()
         return "predict" + (f"_{self.args.tag}" if self.args.tag else "")
-
-    @contextmanager
-    def output_folder(self):
-        """Prediction writes its CSV as it goes, to continue after an interruption: into the output
-        folder itself, not a temporary one that an interruption would remove."""
-        if self.args.input_dir is None:
-            with super().output_folder():
-                yield
-            return
-        yield
 
     def run(self):
         if self.args.input_dir is None:

@@ -1,5 +1,6 @@
-"""What the evaluators' prediction modes share: their options, and the record of what decides the
-rows of a prediction file (a partial file continues only if it is unchanged)."""
+"""What the evaluators' prediction modes share: their options, their output folder, and the record of
+what decides the rows of a prediction file (a partial file continues only if it is unchanged)."""
+from contextlib import contextmanager
 from pathlib import Path
 
 from cli.options import EVALUATION, add_option, positive_int
@@ -22,3 +23,19 @@ def made_by(evaluator, **settings):
             "checkpoint_mtime_ns": stat.st_mtime_ns, "weights": evaluator.weights, **settings,
             "input_dir": str(args.input_dir.resolve()), "amp": args.amp and args.amp_dtype,
             "channels_last": args.channels_last}
+
+
+class FolderPrediction:
+    """An evaluator (mixed in before EvaluatorBase) that predicts a folder with --input_dir: its CSV is
+    written as it goes, to continue after an interruption, into the output folder itself, not into a
+    temporary one that an interruption would remove."""
+
+    @contextmanager
+    def output_folder(self):
+        if self.args.input_dir is None:
+            with super().output_folder():
+                yield
+            return
+        yield
+        if self.save_path.is_dir() and any(self.save_path.iterdir()):  # else the prediction's last line names it
+            self.log.info(f"results in {self.save_path}")
