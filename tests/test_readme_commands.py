@@ -79,6 +79,7 @@ def run_command(command, folder, monkeypatch):
     monkeypatch.setattr(sys, "argv", [module or argv[1], *argv[(3 if module else 2):]])
     try:
         if module:
+            monkeypatch.delitem(sys.modules, module, raising=False)  # run as `python -m` would: freshly
             runpy.run_module(module, run_name="__main__")
         else:
             runpy.run_path(str(ROOT / argv[1]), run_name="__main__")
