@@ -23,6 +23,7 @@ from state.branch import continued_in
 from state.checkpoint import (check_resumable, initial_weights, load_checkpoint, load_weights, make_checkpoint,
                               repair_best, weights_of)
 from state.progress import TrainingProgress
+from state.resume_policy import check_same_resume
 from state.run_folder import RunFolder
 from state.status import Status
 from sweeps.link import SweepLink
@@ -223,6 +224,7 @@ class TrainerBase(Runner):
         """Process group and device, data and split, model, optimizer; the run folder; the state to resume."""
         args, checkpoint = self.args, self.checkpoint
         self.setup_runtime()
+        check_same_resume(args.resume)
         check_training_options(args, self.task.metric_names, self.world_size)
         run = RunFolder.resumed(args.resume, args.model_type, self.main_process) if checkpoint else None
         if checkpoint is not None:

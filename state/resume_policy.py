@@ -95,6 +95,16 @@ def newest_resumable(output, task, agrees):
     return None
 
 
+def check_same_resume(path):
+    """Every process resumes the same checkpoint `path` (or none): each chose it on its own, and a shared
+    filesystem that caches file times (NFS) could let two choose differently (a collective under DDP)."""
+    from utils import distributed
+    chosen = sorted({str(choice) for choice in distributed.all_gather_object(str(path) if path else None)})
+    if len(chosen) > 1:
+        raise UserError(f"the processes chose different checkpoints to resume: {', '.join(chosen)}; give "
+                        "--resume PATH or --run_name NAME")
+
+
 def check_new_named_run(args):
     """A new run named --run_name refuses a folder that holds a run already (without --resume auto)."""
     if not args.run_name:

@@ -273,9 +273,13 @@ class RunFolder:
 
 
 def make_named_dir(output_dir, name):
-    """`<output_dir>/<name>`, made if missing (resume_policy.py has refused one that holds another run)."""
+    """`<output_dir>/<name>`, made if missing (resume_policy.py has refused one that holds another run). A
+    folder left by a start that died before its first save loses its TensorBoard events and CSV rows:
+    they describe steps this run takes again, which TensorBoard would show twice."""
     path = Path(output_dir) / name
     path.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(path / "summary", ignore_errors=True)
+    (path / "metrics.csv").unlink(missing_ok=True)
     return path
 
 

@@ -356,6 +356,32 @@ def test_resume_auto_refuses_a_named_run_it_cannot_continue(single, fashion_dir,
     assert "holds a run already; continue it with --resume auto" in message
 
 
+def test_a_named_run_that_died_before_its_first_save_starts_again_with_each_step_once(fashion_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    command = argv(fashion_dir, tmp_path, "--batch_size", GLOBAL_BATCH, "--run_name", "job", "--resume", "auto",
+                   "--n_epoch", "1", "--log_every_n_steps", "2")
+    assert RecordingTrainer.main(command) == 0
+    run = tmp_path / "job"
+    for path in [*run.glob("*.pth"), run / "metrics.json"]:  # as a start killed before it saved anything leaves it
+        path.unlink()
+    assert RecordingTrainer.main(command) == 0  # nothing to continue: a new run in the same folder
+    events = EventAccumulator(str(run / "summary"))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("train/step_loss")]
+    assert steps == sorted(set(steps)) and [event.step for event in events.Scalars("val/loss")] == [1]
+
+
+def test_the_processes_must_resume_the_same_checkpoint(monkeypatch):
+    from state.resume_policy import check_same_resume
+    from utils import distributed
+    from utils.errors import UserError
+    monkeypatch.setattr(distributed, "all_gather_object", lambda path: [path, path])
+    check_same_resume("runs/a/Vanilla_last_ckpt.pth")
+    monkeypatch.setattr(distributed, "all_gather_object", lambda path: ["runs/a/Vanilla_last_ckpt.pth", "runs/b/x.pth"])
+    with pytest.raises(UserError, match="chose different checkpoints to resume: runs/a/Vanilla_last_ckpt.pth, runs/b"):
+        check_same_resume("runs/a/Vanilla_last_ckpt.pth")
+
+
 def test_a_second_job_with_the_same_run_name_is_refused(fashion_dir, tmp_path, capsys):
     (tmp_path / "busy").mkdir()
     holder = subprocess.Popen(  # the first job, still training: it holds the run's lock as a trainer does
