@@ -27,11 +27,11 @@ class PredictingVanillaTask(VanillaTask):
     """The vanilla task that also takes batches of images without labels ({"image", "readable"},
     data/fashion_mnist.FashionMNISTImages), normalised as the task normalises its training images."""
 
-    def prepare_batch(self, batch, train, generator):
+    def prepare_batch(self, batch, train, random):
         if isinstance(batch, dict):
-            images, _ = super().prepare_batch((batch["image"], None), train, generator)
+            images, _ = super().prepare_batch((batch["image"], None), train, random)
             return {"images": images, "readable": batch["readable"]}
-        return super().prepare_batch(batch, train, generator)
+        return super().prepare_batch(batch, train, random)
 
     def predict_batch(self, model, batch):
         return model(batch["images"] if isinstance(batch, dict) else batch)

@@ -15,9 +15,10 @@ subclasses TaskBase, overrides the hooks below, and names it in its trainer and 
                                      held out (a task whose data has no test set adds "test")
     build_model()                 -> nn.Module (default: the --model_type entry of model/model_entry.py)
     build_loss()                  -> callable(outputs, targets) -> scalar loss, kept as `self.loss_fn`
-    prepare_batch(batch, train, generator)
+    prepare_batch(batch, train, random)
                                   on the device: dtype conversion, normalisation, and (train only)
-                                  augmentation drawn from `generator`, seeded by seed, rank, epoch and batch
+                                  augmentation drawn from `random`, one stream per sample, alike on any
+                                  number of processes (data/sample_random.py); None when not training
     forward_batch(model, batch)   -> (loss, outputs) for one batch, under autocast
     predict_batch(model, batch)   -> outputs for a batch of inputs without targets (default: model(batch))
     batch_stats(batch, outputs)   -> dict of tensors to sum over the epoch (counts, sums)
@@ -66,7 +67,7 @@ class TaskBase:
     def build_loss(self):
         raise NotImplementedError
 
-    def prepare_batch(self, batch, train, generator):
+    def prepare_batch(self, batch, train, random):
         return batch
 
     def forward_batch(self, model, batch):

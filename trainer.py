@@ -18,10 +18,11 @@ import torch
 from cli.arguments import check_training_options, json_value, parse_training_options, task_parser
 from cli.config_file import format_options
 from data.loader import global_batch_loader
+from data.sample_random import augmentation_random
 from runner import Runner, TrainingStopped
 from state.branch import continued_in
-from state.checkpoint import (check_resumable, initial_weights, load_checkpoint, load_weights, make_checkpoint,
-                              repair_best, weights_of)
+from state.checkpoint import (SAMPLING, check_resumable, initial_weights, load_checkpoint, load_weights,
+                              make_checkpoint, repair_best, weights_of)
 from state.progress import TrainingProgress
 from state.resume_policy import check_same_resume
 from state.run_folder import RunFolder
@@ -33,11 +34,12 @@ from training.ema import EMA
 from training.lr_finder import find_lr
 from training.optimization import Optimization
 from training.requeue import Requeue, exit_status
+from training.running_stats import RunningStatsInGlobalOrder
 from utils import distributed
 from utils.batch import batch_size_of
 from utils.errors import NonFiniteLoss, UserError, run_cli
 from utils.logger import close_logger, setup_logger
-from utils.seed import derived_seed, get_rng_state, seed_process_streams, set_rng_state
+from utils.seed import get_rng_state, seed_process_streams, set_rng_state
 
 
 class TrainerBase(Runner):
@@ -68,6 +70,7 @@ class TrainerBase(Runner):
     def __init__(self, args, checkpoint=None):
         super().__init__(args)
         self.checkpoint = checkpoint  # the state to resume, or None
+        self.sampling = checkpoint["sampling"] if checkpoint else SAMPLING  # the run's rules (state/checkpoint.py)
         self.progress = TrainingProgress(args.monitor_mode, args.early_stop_delta)
         self.run = None  # the RunFolder, once training starts
         self.saved_position = None  # the progress position of the newest saved state
@@ -80,7 +83,7 @@ class TrainerBase(Runner):
     def build_callbacks(self):
         """The callbacks of this run (training/callbacks.py); a trainer subclass adds its own."""
         args, link = self.args, SweepLink.from_environment()
-        callbacks = [Trackers(), EpochLog(), Requeue()]
+        callbacks = [RunningStatsInGlobalOrder(), Trackers(), EpochLog(), Requeue()]
         if args.save_every_n_steps:
             callbacks.append(PeriodicSave(args.save_every_n_steps))
         if args.early_stop_patience:
@@ -136,8 +139,8 @@ class TrainerBase(Runner):
         group, interval = [], []  # statistics of the step in progress; losses since the last log line
         finite = False  # whether any micro-batch of the step in progress had a finite loss
         bar = self.progress_bar(loader, "train", initial=index)
-        for _, batch in bar:
-            batch = self.task.prepare_batch(self.to_device(batch), True, self.batch_generator(epoch, index))
+        for indices, batch in bar:
+            batch = self.task.prepare_batch(self.to_device(batch), True, self.augmentation_random(epoch, index, indices))
             group_end = min(index - index % args.accum_steps + args.accum_steps, n_batches)
             # Weighted so that a step's gradient is the mean over its global batch (data/loader.py).
             share = sampler.share_at(index, args.accum_steps)
@@ -151,6 +154,7 @@ class TrainerBase(Runner):
             index += 1
             if index == group_end:
                 lr = self.optimization.lr
+                self.callbacks.trigger("on_before_optimizer_step", self)
                 if not self.optimizer_step(self.optimization, apply=finite, ema=self.ema):
                     progress.skipped_steps += 1
                 progress.step_done(index, group)
@@ -248,7 +252,9 @@ class TrainerBase(Runner):
 
     def make_loader(self, dataset, train=False):
         """Training draws its batches from the epoch's global order (data/loader.py, GlobalBatchSampler)."""
-        return global_batch_loader(super().make_loader(dataset, train)) if train else super().make_loader(dataset)
+        if not train:
+            return super().make_loader(dataset)
+        return global_batch_loader(super().make_loader(dataset, train), "consecutive" if self.sampling > 1 else "round_robin")
 
     def setup_optimization(self):
         steps_per_epoch = -(-self.n_batches // self.args.accum_steps)
@@ -286,7 +292,7 @@ class TrainerBase(Runner):
         ranks = distributed.all_gather_object({"rng": get_rng_state(), "sums": self.progress.epoch_sums.state_dict()})
         return make_checkpoint(self.task.name, self.options(), self.world_size, self.model.state_dict(),
                                self.ema.state_dict() if self.ema is not None else None, self.optimization.state_dict(),
-                               self.progress.state_dict(), self.callbacks.state_dict(), ranks)
+                               self.progress.state_dict(), self.callbacks.state_dict(), ranks, self.sampling)
 
     def load_state_dict(self, checkpoint):
         """Restore what `state_dict` saved (the callbacks' states are restored first, in `setup`)."""
@@ -309,10 +315,9 @@ class TrainerBase(Runner):
 
     # ------------------------------------------------------------------ the train step: the only backward and
     # optimizer step of training and of the lr range test (training/lr_finder.py), which has its own Optimization
-    def batch_generator(self, epoch, index):
-        """The generator a training batch's augmentation draws from: a function of seed, rank, epoch
-        and batch, so a resumed run repeats it and no two ranks share it."""
-        return torch.Generator().manual_seed(derived_seed(self.args.seed, self.rank, epoch, index))
+    def augmentation_random(self, epoch, index, indices):
+        """What micro-batch `index` of `epoch`, the training samples `indices`, draws its augmentation from."""
+        return augmentation_random(self.sampling, self.args.seed, self.rank, epoch, index, indices)
 
     def is_finite(self, loss, index):
         """False for a NaN / infinite loss on any rank with --skip_nonfinite (counted); an error without it."""

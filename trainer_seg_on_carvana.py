@@ -80,22 +80,27 @@ class SegOnCarvanaTask(TaskBase):
             raise UserError(f"--loss {self.args.loss} needs --n_classes 2 or more; with one output use bce, dice or bce_dice")
         return build_loss(self.args.loss)
 
-    def prepare_batch(self, batch, train, generator):
+    def prepare_batch(self, batch, train, random):
         if isinstance(batch, dict):  # images without masks, to predict (data/carvana.py: CarvanaImages)
             return {"images": batch["image"].float().div_(255), "readable": batch["readable"], "size": batch["size"]}
         images, masks = batch
         images = images.float().div_(255)
         if train and self.args.augment:
-            images, masks = self.augment(images, masks, generator)
+            images, masks = self.augment(images, masks, random)
         return images, masks
 
-    def augment(self, images, masks, generator):
-        """The same random flip and shift for an image and its mask, drawn from `generator`."""
+    def augment(self, images, masks, random):
+        """The same random flip and shift for an image and its mask, drawn from each sample's stream
+        (data/sample_random.py)."""
         count, _, height, width = images.shape
-        flips = (torch.rand(count, generator=generator) < 0.5).tolist()
         limit = (round(self.args.max_shift * height), round(self.args.max_shift * width))
-        shifts = [(int(torch.randint(-limit[0], limit[0] + 1, (), generator=generator)),
-                   int(torch.randint(-limit[1], limit[1] + 1, (), generator=generator))) for _ in range(count)]
+        if isinstance(random, torch.Generator):  # a run begun with sampling rules 1: its batch's draws, as then
+            flips = (torch.rand(count, generator=random) < 0.5).tolist()
+            shifts = [(int(torch.randint(-limit[0], limit[0] + 1, (), generator=random)),
+                       int(torch.randint(-limit[1], limit[1] + 1, (), generator=random))) for _ in range(count)]
+        else:
+            flips = (random.rand() < 0.5).tolist()
+            shifts = zip(random.randint(-limit[0], limit[0] + 1).tolist(), random.randint(-limit[1], limit[1] + 1).tolist())
         images, masks = images.clone(), masks.clone()
         for i, (flip, (dy, dx)) in enumerate(zip(flips, shifts)):
             for tensor in (images, masks):

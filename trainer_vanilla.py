@@ -36,7 +36,7 @@ class VanillaTask(TaskBase):
     def build_loss(self):
         return torch.nn.CrossEntropyLoss()
 
-    def prepare_batch(self, batch, train, generator):
+    def prepare_batch(self, batch, train, random):
         images, labels = batch
         return images.float().sub_(MEAN * 255).div_(STD * 255), labels
 

@@ -8,7 +8,7 @@ from cli.global_batch import mark_following_option, resolve_global_batch
 from cli.options import (PLACE, SHARED, SPLIT, TRAINING, TRAINING_RESUMABLE, Parser, add_flag, add_option,
                          explicit_options, fraction, non_negative_float, non_negative_int, options_where,
                          positive_float, positive_int, ratio, seed, undeclared_options)
-from state.resume_policy import auto_resume, check_new_named_run, wants_auto
+from state.resume_policy import auto_resume, check_new_named_run, restarted_branch, wants_auto
 from tracking.trackers import LOGGERS, check_installed, logger_names, mlflow_uri
 from training.optimizers import OPTIMIZERS
 from training.schedules import SCHEDULERS, SCHEDULES_OVER_N_EPOCH
@@ -228,6 +228,8 @@ def parse_training_options(parser, argv, task):
     auto = wants_auto(args)
     if auto:
         args.resume = auto_resume(args, task, lambda checkpoint: agrees_with(parser, argv, args, checkpoint))
+    else:
+        args.resume = restarted_branch(args, task, lambda checkpoint: agrees_with(parser, argv, args, checkpoint))
     if args.resume is None:
         check_new_named_run(args)
         mark_following_option(parser, argv, args)

@@ -128,15 +128,23 @@ class GlobalBatchSampler(EpochBatchSampler):
     samples on any number of processes.
 
     Micro-batch `m` of the epoch, over all W processes, is positions [m*B*W, (m+1)*B*W) of the epoch's
-    order, dealt round-robin (rank r takes every W-th from r); a step of K micro-batches so takes
-    the G = B*W*K positions [s*G, (s+1)*G), whatever B, W and K are. It is EpochBatchSampler's order
-    (padded) for every full micro-batch. Nothing is padded: the epoch's last micro-batch may leave a
-    rank short, or empty; an empty rank gets a placeholder, one sample of weight 0 (`share_at`), so
-    that every rank joins the step's gradient sync and no sample counts twice.
+    order; a step of K micro-batches so takes the G = B*W*K positions [s*G, (s+1)*G), whatever B, W
+    and K are. Within it, rank r takes the B consecutive positions [r*B, (r+1)*B) (`deal="consecutive"`):
+    every micro-batch is B consecutive samples of the order, so with B kept each holds the same
+    samples on any number of processes, and BatchNorm normalises the same groups. Runs begun before
+    that rule (checkpoints of sampling rules 1, state/checkpoint.py) deal round-robin
+    (`deal="round_robin"`: rank r takes every W-th position from r), as they did. Nothing is padded:
+    the epoch's last micro-batch may leave a rank short, or empty; an empty rank gets a placeholder,
+    one sample of weight 0 (`share_at`), so that every rank joins the step's gradient sync and no
+    sample counts twice.
     """
 
-    def __init__(self, size, batch_size, seed=0, rank=0, world_size=1):
+    DEALS = ("consecutive", "round_robin")
+
+    def __init__(self, size, batch_size, seed=0, rank=0, world_size=1, deal="consecutive"):
         super().__init__(size, batch_size, shuffle=True, seed=seed, rank=rank, world_size=world_size, pad=True)
+        assert deal in self.DEALS, deal
+        self.deal = deal
 
     def __len__(self):
         return -(-self.size // (self.batch_size * self.world_size))
@@ -144,7 +152,10 @@ class GlobalBatchSampler(EpochBatchSampler):
     def batch_size_at(self, index):
         """The samples this rank takes in micro-batch `index` (0 for a placeholder)."""
         chunk = self.batch_size * self.world_size
-        return len(range(self.rank, max(0, min(chunk, self.size - index * chunk)), self.world_size))
+        dealt = max(0, min(chunk, self.size - index * chunk))
+        if self.deal == "consecutive":
+            return max(0, min(self.batch_size, dealt - self.rank * self.batch_size))
+        return len(range(self.rank, dealt, self.world_size))
 
     def share_at(self, index, accum_steps):
         """The weight of micro-batch `index`'s mean loss: its samples' share of its step's samples over
@@ -154,23 +165,22 @@ class GlobalBatchSampler(EpochBatchSampler):
         step_samples = min(global_batch, self.size - index // accum_steps * global_batch)
         return self.batch_size_at(index) * self.world_size / step_samples
 
-    def samples_before(self, index):
-        """How many samples of the epoch's global order micro-batches before `index` took."""
-        return min(self.size, index * self.batch_size * self.world_size)
-
     def __iter__(self):
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        chunk = self.batch_size * self.world_size
+        chunk, start = self.batch_size * self.world_size, self.rank * self.batch_size
         for index in range(self.skip, len(self)):
             dealt = order[index * chunk:(index + 1) * chunk]
-            yield dealt[self.rank::self.world_size] if len(dealt) > self.rank else dealt[:1]
+            if self.deal == "consecutive":
+                yield dealt[start:start + self.batch_size] if len(dealt) > start else dealt[:1]
+            else:
+                yield dealt[self.rank::self.world_size] if len(dealt) > self.rank else dealt[:1]
 
 
-def global_batch_loader(loader):
+def global_batch_loader(loader, deal="consecutive"):
     """`loader` (a training BatchLoader) drawing from a GlobalBatchSampler of its sampler's data, seed and rank."""
     sampler = loader.sampler
     return BatchLoader(loader.dataset, GlobalBatchSampler(sampler.size, sampler.batch_size, sampler.seed,
-                                                          sampler.rank, sampler.world_size),
+                                                          sampler.rank, sampler.world_size, deal),
                        loader.num_workers, loader.pin_memory)
 
 

@@ -16,6 +16,8 @@ loads it and loading can never run code; it is written atomically (utils/atomic.
     global_batch, epoch_samples                    samples per optimizer step over every process, and the
                                                    epoch's steps taken in samples: where a resume on any
                                                    number of processes continues (state/rescale.py)
+    sampling                                       the rules the run's data order and augmentation
+                                                   follow, kept for its whole life (SAMPLING below)
 """
 import pickle
 from pathlib import Path
@@ -25,11 +27,18 @@ import torch
 from utils.atomic import save_atomic
 from utils.errors import UserError
 
-FORMAT = "torch-template/4"
+FORMAT = "torch-template/5"
+# The rules of a run's data order and augmentation draws. 2: each process's micro-batch is B
+# consecutive samples of the global order, and each sample draws its augmentation from its own stream
+# (data/sample_random.py), so both are alike on any number of processes. 1 (runs begun before
+# torch-template/5): round-robin dealing, and one augmentation stream per process and batch. A run
+# keeps the rules it began with, so that its resume stays exact.
+SAMPLING = 2
 KEYS = frozenset({
     "format", "task", "model_type", "config", "world_size", "model", "ema", "optimizer", "scheduler", "scaler",
     "epoch", "batches_done", "global_step", "skipped_steps", "nonfinite_batches", "history", "monitor", "stopped_by",
     "best_metric", "best_epoch", "callbacks", "rng", "epoch_sums", "global_batch", "epoch_samples",
+    "sampling",
 })
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DataParallel / DDP and by torch.compile
 # The first bytes of what torch.save writes: a zip archive, or (its legacy format) a pickle of protocol 2+.
@@ -144,13 +153,14 @@ def load_weights(model, state_dict, source, partial=False, log=None):
 
 
 # ---------------------------------------------------------------------- the training state
-def make_checkpoint(task, config, world_size, model, ema, optimization, progress, callbacks, ranks):
+def make_checkpoint(task, config, world_size, model, ema, optimization, progress, callbacks, ranks, sampling):
     """The checkpoint of a training state: `optimization` and `progress` are those parts' state dicts,
-    `callbacks` {name: state}, `ranks` each process's {"rng", "sums"}."""
+    `callbacks` {name: state}, `ranks` each process's {"rng", "sums"}, `sampling` the run's rules."""
     checkpoint = {"format": FORMAT, "task": task, "model_type": config["model_type"], "config": config,
                   "world_size": world_size, "model": model, "ema": ema, **optimization, **progress,
                   "callbacks": callbacks, "rng": [rank["rng"] for rank in ranks],
-                  "epoch_sums": [rank["sums"] for rank in ranks], **global_position(config, world_size, progress)}
+                  "epoch_sums": [rank["sums"] for rank in ranks], **global_position(config, world_size, progress),
+                  "sampling": sampling}
     assert set(checkpoint) == KEYS, f"the checkpoint's keys changed: {sorted(set(checkpoint) ^ KEYS)}"
     return checkpoint
 
@@ -167,7 +177,7 @@ def check_checkpoint(checkpoint, path, task):
         raise UserError(f"{path} is not a training checkpoint of this toolkit (no '{FORMAT}' state)")
     if checkpoint["format"] != FORMAT:
         raise UserError(f"{path} has the checkpoint format {checkpoint['format']} of another version of this "
-                        f"toolkit; this version reads {FORMAT}, torch-template/3 and torch-template/2")
+                        f"toolkit; this version reads {FORMAT} and torch-template/4, /3 and /2")
     if checkpoint.get("task") != task:
         raise UserError(f"{path} was written by the {checkpoint.get('task')} task (model "
                         f"{checkpoint['config'].get('model_type')}), not by the {task} task")
@@ -187,12 +197,14 @@ def global_position(config, world_size, progress):
 
 
 def upgrade(checkpoint):
-    """A checkpoint of an older format in this one: torch-template/2 to /3, then /3 to /4."""
+    """A checkpoint of an older format in this one: torch-template/2 to /3, /3 to /4, then /4 to /5."""
     if checkpoint.get("format") == "torch-template/2":
         checkpoint = upgrade_from_2(checkpoint)
     if checkpoint.get("format") == "torch-template/3" and {"config", "world_size", "batches_done"} <= set(checkpoint):
-        checkpoint = {**checkpoint, "format": FORMAT,
+        checkpoint = {**checkpoint, "format": "torch-template/4",
                       **global_position(checkpoint["config"], checkpoint["world_size"], checkpoint)}
+    if checkpoint.get("format") == "torch-template/4":
+        checkpoint = {**checkpoint, "format": FORMAT, "sampling": 1}
     return checkpoint
 
 

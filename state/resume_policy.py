@@ -10,7 +10,8 @@
 
 A run is resumable when its `last` checkpoint loads, was written by this task, and its test has not
 run. Under torchrun, a restarted worker group (`TORCHELASTIC_RESTART_COUNT` > 0) resumes as if
-`--resume auto` were given.
+`--resume auto` were given; one given `--resume PATH` of an older state, which the first attempt
+continued in a branch (state/branch.py), continues that branch.
 """
 import os
 from pathlib import Path
@@ -47,6 +48,42 @@ def auto_resume(args, task, agrees):
     say(f"--resume auto: continuing {path}" if path else
         f"--resume auto: no resumable run of the {task} task in {output_folder(args)}; starting a new run")
     return path
+
+
+def restarted_branch(args, task, agrees):
+    """The checkpoint to resume with `--resume PATH`: PATH, except in a worker group that torchrun restarted
+    when PATH is an older state of its run (state/branch.py): then the branch that an earlier attempt made
+    from PATH and saved in, the newest one whose checkpoint `agrees` with the command, so that the
+    restarted group continues it instead of branching from PATH again."""
+    from state.checkpoint import find_checkpoint
+    if not elastic_restart() or args.resume is None or str(args.resume) == AUTO:
+        return args.resume
+    given = find_checkpoint(args.resume).resolve()
+    branches = []
+    for config in given.parent.parent.glob("*_from_epoch*/config.json"):
+        resumes = read_json_file(config).get("resumes") or [{}]
+        if Path(resumes[0].get("from", "")).resolve() != given:
+            continue
+        try:
+            path, checkpoint = resumable(config.parent, task)
+        except UserError:
+            continue
+        if agrees(checkpoint):
+            branches.append(path)
+    if not branches:
+        return args.resume
+    newest = max(branches, key=lambda path: path.stat().st_mtime)
+    if os.environ.get("RANK", "0") == "0":
+        setup_logger().info(f"torchrun restart: continuing {newest}, the branch an earlier attempt made from {given}")
+    return newest
+
+
+def read_json_file(path):
+    import json
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def checkpoint_in(folder):

@@ -5,7 +5,8 @@ Each rank appends `epoch micro-batch batch_size world_size index,index,...` to
 index left out), so a test can rebuild the samples of every global step, whatever the processes.
 With KEEP_AT_STEP=N in the environment, rank 0 copies the run folder as `<run>_at<N>` when the state of
 step N is saved: a mid-epoch state to resume elsewhere, from the same run as the reference.
-Run as a script (also under torchrun) it is the vanilla trainer's command line.
+Run as a script (also under torchrun) it is the vanilla trainer's command line; with TASK=carvana in
+the environment, the Carvana trainer's (KeepingCarvanaTrainer: KEEP_AT_STEP only).
 """
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.loader import GlobalBatchSampler  # noqa: E402
+from trainer_seg_on_carvana import SegOnCarvanaTrainer  # noqa: E402
 from trainer_vanilla import VanillaTrainer  # noqa: E402
 from training.callbacks import Callback  # noqa: E402
 
@@ -40,6 +42,11 @@ class KeepAtStep(Callback):
             shutil.copytree(trainer.run.path, trainer.run.path.with_name(f"{trainer.run.path.name}_at{self.step}"))
 
 
+def keep_at_step():
+    keep = os.environ.get("KEEP_AT_STEP")
+    return [KeepAtStep(int(keep))] if keep else []
+
+
 class RecordingTrainer(VanillaTrainer):
     def make_loader(self, dataset, train=False):
         loader = super().make_loader(dataset, train)
@@ -49,9 +56,13 @@ class RecordingTrainer(VanillaTrainer):
         return loader
 
     def build_callbacks(self):
-        keep = os.environ.get("KEEP_AT_STEP")
-        return super().build_callbacks() + ([KeepAtStep(int(keep))] if keep else [])
+        return super().build_callbacks() + keep_at_step()
+
+
+class KeepingCarvanaTrainer(SegOnCarvanaTrainer):
+    def build_callbacks(self):
+        return super().build_callbacks() + keep_at_step()
 
 
 if __name__ == "__main__":
-    sys.exit(RecordingTrainer.main())
+    sys.exit((KeepingCarvanaTrainer if os.environ.get("TASK") == "carvana" else RecordingTrainer).main())

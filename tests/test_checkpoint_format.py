@@ -60,6 +60,7 @@ def test_a_run_of_the_previous_format_resumes_exactly_and_evaluates(old_run):
     reference = load_plain(KEPT / "two_epochs.pth")
     resumed = load_plain(run / "UNet_last_ckpt.pth")
     assert resumed["format"] == FORMAT and resumed["epoch"] == 2
+    assert resumed["sampling"] == 1  # it keeps the dealing and augmentation draws it began with
     assert all(torch.equal(resumed["model"][key], reference["model"][key]) for key in reference["model"])
     assert [{key: value for key, value in record.items() if not key.endswith("time_s")} for record in resumed["history"]] \
         == [{key: value for key, value in record.items() if not key.endswith("time_s")} for record in reference["history"]]

@@ -208,6 +208,85 @@ def test_an_old_checkpoint_gets_its_global_position():
                   "batches_done": 6}
     upgraded = upgrade(checkpoint)
     assert upgraded["format"] == FORMAT and upgraded["global_batch"] == 64 and upgraded["epoch_samples"] == 192
+    assert upgraded["sampling"] == 1  # it began with round-robin dealing and per-batch augmentation
+
+
+def test_with_the_batch_kept_every_micro_batch_holds_the_same_samples_on_any_number_of_processes():
+    """The consecutive deal (sampling rules 2): micro-batches of 2 samples are the same groups on 1, 2
+    and 4 processes, which BatchNorm normalises together; the round-robin deal of rules 1 gives other
+    groups on 2 processes, and its own order, the old one, still."""
+    from data.loader import EpochBatchSampler, GlobalBatchSampler
+    size, batch_size = 21, 2
+
+    def groups(processes, deal):
+        found = []
+        for rank in range(processes):
+            sampler = GlobalBatchSampler(size, batch_size, seed=3, rank=rank, world_size=processes, deal=deal)
+            sampler.set_epoch(1)
+            found += [tuple(batch[:sampler.batch_size_at(index)].tolist()) for index, batch in enumerate(sampler)]
+        return sorted(group for group in found if group)
+
+    assert groups(1, "consecutive") == groups(2, "consecutive") == groups(4, "consecutive")
+    assert groups(2, "round_robin") != groups(1, "consecutive")
+    old = EpochBatchSampler(size, batch_size, shuffle=True, seed=3, rank=1, world_size=2, pad=True)
+    old.set_epoch(1)
+    new = GlobalBatchSampler(size, batch_size, seed=3, rank=1, world_size=2, deal="round_robin")
+    new.set_epoch(1)
+    assert [batch.tolist() for batch in new][:5] == [batch.tolist() for batch in old][:5]
+
+
+# ---------------------------------------------------------------------- BatchNorm and augmentation
+CARVANA = ["--img_size", "32", "48", "--depth", "2", "--base_width", "4", "--n_epoch", "2", "--val_ratio", "0.2",
+           "--test_ratio", "0.2", "--optim", "sgd", "--lr", "0.05", "--momentum", "0", "--deterministic",
+           "--global_batch_size", "4", "--batch_size", "2", "--save_every_n_steps", "3", "--log_every_n_steps", "100"]
+
+
+def carvana_torchrun(nproc, *args, env=None):
+    return torchrun(nproc, *args, env={"TASK": "carvana", **(env or {})})
+
+
+def assert_same_unet_within_tolerance(run, reference):
+    """Weights, BatchNorm running statistics and their counts, and every epoch's numbers."""
+    first, second = last_checkpoint(run), last_checkpoint(reference)
+    assert first["global_step"] == second["global_step"] == 20 and first["config"]["augment"]
+    assert first["sampling"] == second["sampling"] == 2
+    statistics = [key for key in second["model"] if "running" in key]
+    assert statistics
+    for key, value in second["model"].items():
+        if value.dtype == torch.long:  # num_batches_tracked: one per micro-batch of the global order
+            assert torch.equal(first["model"][key], value), key
+            continue
+        difference = (first["model"][key] - value).abs().max() / value.abs().max()
+        assert difference < TOLERANCE, (key, float(difference))
+    numbers = [{key: value for key, value in record.items() if "/" in key} for record in first["history"]]
+    expected = [{key: value for key, value in record.items() if "/" in key} for record in second["history"]]
+    assert numbers == [pytest.approx(record, rel=TOLERANCE, abs=1e-6) for record in expected]
+    tested, expected = read_json(run / "metrics.json")["test"], read_json(reference / "metrics.json")["test"]
+    assert tested == pytest.approx(expected, rel=TOLERANCE, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def unet_single(carvana_dir, tmp_path_factory):
+    """A UNet (BatchNorm, augmented) in one process, micro-batches of 2 x 2 accumulated: 10 steps an epoch."""
+    from cluster_trainer import KeepingCarvanaTrainer
+    output = tmp_path_factory.mktemp("unet_single")
+    assert KeepingCarvanaTrainer.main(["--data_dir", str(carvana_dir), "--output_dir", str(output), *CARVANA]) == 0
+    return run_dirs(output)[0]
+
+
+def test_batchnorm_and_augmentation_are_alike_on_one_and_two_processes(unet_single, carvana_dir, tmp_path):
+    """With the per-process batch kept, each micro-batch holds the same samples, each sample draws the
+    same augmentation, and the running statistics fold every process's micro-batches in the global
+    order: two processes end where one does (running statistics measured within 1.3e-7)."""
+    carvana_torchrun(2, "--data_dir", carvana_dir, "--output_dir", tmp_path, *CARVANA, env={"KEEP_AT_STEP": "12"})
+    two = next(run for run in run_dirs(tmp_path) if "_at" not in run.name)
+    assert_same_unet_within_tolerance(two, unet_single)
+
+    kept = shutil.copytree(two.with_name(f"{two.name}_at12"), tmp_path / "resumed")
+    assert last_checkpoint(kept)["batches_done"] == 2  # mid-epoch: 2 of epoch 2's 10 steps
+    from cluster_trainer import KeepingCarvanaTrainer
+    assert KeepingCarvanaTrainer.main(["--resume", str(kept)]) == 0  # on one process
+    assert_same_unet_within_tolerance(kept, unet_single)
 
 
 # ---------------------------------------------------------------------- restarts that continue by themselves
@@ -313,6 +392,34 @@ def test_torchrun_restarts_a_killed_worker_and_the_group_continues_bit_equal(two
     assert_same_weights(run, two, optimizer=True)
     assert step_samples(run) == step_samples(two)
     assert "--resume auto: continuing" in stderr and len(read_json(run / "config.json")["resumes"]) == 1
+
+
+def test_a_restarted_group_continues_the_branch_its_first_attempt_made_from_an_older_state(single, tmp_path):
+    """`--resume PATH` of a state older than its run's `last` continues in a branch folder (state/branch.py);
+    after a killed worker, torchrun's restarted group continues that branch rather than making another."""
+    run = shutil.copytree(single, tmp_path / "run")
+    older = shutil.copy(single.with_name(f"{single.name}_at5") / "Vanilla_last_ckpt.pth", run / "Vanilla_step5.pth")
+    command = [*TORCHRUN, "--nproc_per_node", "1", "--max-restarts", "1", "--master_port", str(free_port()),
+               str(SCRIPT), "--resume", str(older)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environment())
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("*_from_epoch000/Vanilla_last_ckpt.pth")):
+            assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()[-3000:]
+            time.sleep(0.05)
+        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        os.kill(int(workers[-1]), signal.SIGKILL)
+        _, stderr = process.communicate(timeout=240)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    branches = list(tmp_path.glob("*_from_epoch*"))
+    assert len(branches) == 1, branches
+    assert "torchrun restart: continuing" in stderr
+    resumes = read_json(branches[0] / "config.json")["resumes"]
+    assert [Path(entry["from"]).name for entry in resumes] == ["Vanilla_step5.pth", "Vanilla_last_ckpt.pth"]
+    assert_same_weights(branches[0], single, optimizer=True)
 
 
 # ---------------------------------------------------------------------- which run --resume auto continues

@@ -250,17 +250,37 @@ def test_ddp_with_a_single_validation_and_test_sample(fashion_dir, tmp_path):
     assert metrics["history"][0]["val/accuracy"] in (0.0, 1.0) and metrics["test"]["test/accuracy"] in (0.0, 1.0)
 
 
-def test_ranks_draw_different_augmentations(fashion_dir):
+def test_a_sample_draws_its_augmentation_alike_on_every_rank_and_in_every_batch(fashion_dir):
     from trainer_vanilla import VanillaTrainer
     args, _ = VanillaTrainer.parse(["--data_dir", str(fashion_dir)])
     trainer = VanillaTrainer(args)
     draws = {}
     for rank in (0, 1):
         trainer.rank = rank
-        draws[rank] = torch.rand(4, generator=trainer.batch_generator(epoch=0, index=0))
+        random = trainer.augmentation_random(epoch=0, index=rank, indices=torch.tensor([7, 3, 11]))
+        draws[rank] = torch.cat([random.rand(2), random.randint(0, 1000, 1).float()], dim=1)
+    assert torch.equal(draws[0], draws[1])
+    assert len({tuple(row.tolist()) for row in draws[0]}) == 3  # every sample its own stream
+    # sample 3 alone, in another batch at another place: the same draws, in the same order
+    alone = trainer.augmentation_random(epoch=0, index=5, indices=torch.tensor([3]))
+    assert torch.equal(torch.cat([alone.rand(2), alone.randint(0, 1000, 1).float()], dim=1), draws[0][1:2])
+    next_epoch = trainer.augmentation_random(epoch=1, index=0, indices=torch.tensor([3]))
+    assert not torch.equal(next_epoch.rand(2), draws[0][1:2, :2])
+
+
+def test_ranks_draw_different_augmentations_in_a_run_of_sampling_rules_1(fashion_dir):
+    from trainer_vanilla import VanillaTrainer
+    args, _ = VanillaTrainer.parse(["--data_dir", str(fashion_dir)])
+    trainer = VanillaTrainer(args)
+    trainer.sampling = 1
+    draws = {}
+    for rank in (0, 1):
+        trainer.rank = rank
+        draws[rank] = torch.rand(4, generator=trainer.augmentation_random(epoch=0, index=0, indices=torch.arange(4)))
     assert not torch.equal(draws[0], draws[1])
     trainer.rank = 0
-    assert torch.equal(draws[0], torch.rand(4, generator=trainer.batch_generator(epoch=0, index=0)))
+    assert torch.equal(draws[0], torch.rand(4, generator=trainer.augmentation_random(epoch=0, index=0,
+                                                                                    indices=torch.arange(4))))
 
 
 BUFFERS_SCRIPT = """

@@ -4,6 +4,7 @@ The trainer calls each callback of `TrainerBase.build_callbacks()` at these even
 
     on_fit_start(trainer)                    the run is set up (resumed state restored, run folder open),
                                              before the first epoch
+    on_before_optimizer_step(trainer)        after the step's last backward, before the optimizer step
     on_step_end(trainer)                     after each optimizer step
     on_validation_end(trainer, record, improved)
                                              after an epoch's validation, before its checkpoint: `record`
@@ -32,6 +33,9 @@ class Callback:
     run_name_suffix = ""  # added to the run folder's name
 
     def on_fit_start(self, trainer):
+        pass
+
+    def on_before_optimizer_step(self, trainer):
         pass
 
     def on_step_end(self, trainer):

@@ -74,13 +74,13 @@ def range_test(trainer, lr_min, lr_max, steps):
     try:
         for round_number in range(steps):  # enough passes over the data for `steps` batches
             loader.sampler.set_epoch(FINDER_EPOCH + round_number)
-            for index, (_, batch) in enumerate(loader):
+            for index, (indices, batch) in enumerate(loader):
                 step = len(lrs)
                 lr = lr_min * growth ** step
                 for group in optimization.optimizer.param_groups:
                     group["lr"] = lr
                 batch = trainer.task.prepare_batch(trainer.to_device(batch), True,
-                                                   trainer.batch_generator(FINDER_EPOCH + round_number, index))
+                                                   trainer.augmentation_random(FINDER_EPOCH + round_number, index, indices))
                 loss, _, _ = trainer.backward_batch(batch, optimization)
                 trainer.optimizer_step(optimization)
                 value = distributed.mean_over_ranks(loss.detach().float(), trainer.device)

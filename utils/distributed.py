@@ -139,6 +139,15 @@ def all_gather_object(obj):
     return gathered
 
 
+def all_gather_tensor(tensor):
+    """Every rank's `tensor` (the same shape on each), stacked in rank order (a collective)."""
+    if not is_distributed():
+        return tensor.unsqueeze(0)
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.stack(gathered)
+
+
 def setup_process(args, log):
     """Join torchrun's process group and pick this process's device; returns (rank, world_size, device).
     Checks the options that need a particular setup (--parallel, --sync_bn) before anything is loaded."""
