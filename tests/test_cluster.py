@@ -277,7 +277,7 @@ def unet_single(carvana_dir, tmp_path_factory):
 def test_batchnorm_and_augmentation_are_alike_on_one_and_two_processes(unet_single, carvana_dir, tmp_path):
     """With the per-process batch kept, each micro-batch holds the same samples, each sample draws the
     same augmentation, and the running statistics fold every process's micro-batches in the global
-    order: two processes end where one does (running statistics measured within 1.3e-7)."""
+    order: two processes end where one does (measured within 2.3e-7 of the largest value of each tensor)."""
     carvana_torchrun(2, "--data_dir", carvana_dir, "--output_dir", tmp_path, *CARVANA, env={"KEEP_AT_STEP": "12"})
     two = next(run for run in run_dirs(tmp_path) if "_at" not in run.name)
     assert_same_unet_within_tolerance(two, unet_single)

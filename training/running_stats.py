@@ -1,17 +1,18 @@
-"""BatchNorm's running statistics taken in the global order, so that they are alike on any number of processes.
+"""BatchNorm's running statistics folded in the global order, so that they are alike on any number of processes.
 
 In training mode a BatchNorm layer folds each micro-batch's mean and variance into its running
-statistics. On one process that is every micro-batch of a step in turn; under DDP each process folds
-its own, and rank 0's buffers overwrite the others' at the next forward, so the statistics would
-depend on the number of processes. On W > 1 processes this callback records each layer's input
-mean and (unbiased) variance for every micro-batch, and before the optimizer step folds all the
-processes' micro-batches, on every rank, in the order that one process taking the same global batch
-would have folded them: micro-batch by micro-batch of the step, rank by rank within one (the
-consecutive deal of data/loader.py, sampling rules 2). A placeholder micro-batch (a rank the epoch's
-short last step leaves empty) is not folded. The statistics then equal a single process's within
-floating-point rounding, and every rank holds them.
+statistics (r <- (1 - f) r + f m, with f its momentum, or 1 / the batches it has tracked). On one
+process that is every micro-batch of a step in turn; under DDP each process folds its own, and rank
+0's buffers overwrite the others' at the next forward, so the statistics would depend on the number
+of processes. On W > 1 processes this callback reads what each training forward folded into every
+layer, from the buffers before and after it (no pass over the activations), and before the optimizer
+step folds every process's micro-batches, on every rank, in the order one process taking the same
+global batch would have folded them: micro-batch by micro-batch of the step, rank by rank within one
+(the consecutive deal of data/loader.py, sampling rules 2). A placeholder micro-batch (a rank the
+epoch's short last step leaves empty) is not folded. The statistics then equal a single process's
+within floating-point rounding, and every rank holds them.
 
-Not used with --sync_bn, whose layers already fold the statistics of the whole global micro-batch,
+Not used with --sync_bn, whose layers fold the statistics of every process's micro-batch together,
 nor for runs of sampling rules 1 (state/checkpoint.py), which keep rank 0's as they did.
 """
 import torch
@@ -23,8 +24,9 @@ from utils import distributed
 class RunningStatsInGlobalOrder(Callback):
     def __init__(self):
         self.layers = []
-        self.forwards = 0  # the model's training forwards so far: each micro-batch is one
-        self.records = {}  # layer -> [(forward, mean, variance)] of its calls in training mode
+        self.forwards = []  # what each training forward since the last step folded in (`folded`)
+        self.before = None  # the statistics when the forward in progress began
+        self.start = None  # the statistics when the step in progress began
 
     def on_fit_start(self, trainer):
         if trainer.world_size == 1 or trainer.sampling < 2 or trainer.args.sync_bn:
@@ -33,55 +35,85 @@ class RunningStatsInGlobalOrder(Callback):
                        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats]
         if not self.layers:
             return
-        trainer.model.register_forward_pre_hook(self.count_forward)
-        for layer in self.layers:
-            layer.register_forward_pre_hook(self.record)
-        self.records = {layer: [] for layer in self.layers}
-        self.folded = self.statistics()  # what every rank holds now; each step folds onto it
+        self.sizes = torch.tensor([layer.num_features for layer in self.layers])
+        self.cumulative = self.per_channel(torch.tensor([layer.momentum is None for layer in self.layers]))
+        self.momentum = self.per_channel(torch.tensor([layer.momentum or 0.0 for layer in self.layers],
+                                                      dtype=torch.float64))
+        self.start = self.statistics()  # alike on every rank: the same initial or resumed weights
+        trainer.model.register_forward_pre_hook(self.keep_before)
+        trainer.model.register_forward_hook(self.read_folded)
 
-    def count_forward(self, model, inputs):
-        if model.training:
-            self.forwards += 1
-
-    def record(self, layer, inputs):
-        if layer.training:
-            x = inputs[0].detach().float()
-            variance, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=1)
-            self.records[layer].append((self.forwards, mean, variance))
+    def per_channel(self, values):
+        """One value per layer as one per channel, as the statistics are laid out end to end."""
+        return torch.repeat_interleave(values, self.sizes.to(values.device))
 
     def statistics(self):
-        return [(layer.running_mean.clone(), layer.running_var.clone(), layer.num_batches_tracked.clone())
-                for layer in self.layers]
+        return (torch.cat([layer.running_mean for layer in self.layers]),
+                torch.cat([layer.running_var for layer in self.layers]),
+                torch.stack([layer.num_batches_tracked for layer in self.layers]))
+
+    def keep_before(self, model, inputs):
+        if model.training:
+            self.before = self.statistics()
+
+    def read_folded(self, model, inputs, output):
+        """What the forward folded into each layer (r_after = keep r_before + folded) over its `calls`:
+        for a momentum f, keep = (1 - f)^calls and `folded` is kept as is; for a cumulative average
+        (momentum None), keep = tracked before / tracked after and `folded` is kept times the tracked
+        after (the sum of the calls' values), which does not depend on how many came before."""
+        if not model.training or self.before is None:
+            return
+        (mean, variance, tracked), (mean_after, variance_after, tracked_after) = self.before, self.statistics()
+        self.before = None
+        precise = torch.float32 if mean.device.type == "mps" else torch.float64  # MPS has no float64
+        mean, variance, mean_after, variance_after = (value.to(precise) for value in
+                                                      (mean, variance, mean_after, variance_after))
+        calls, device = tracked_after - tracked, mean.device
+        after = self.per_channel(tracked_after).to(precise)
+        keep = torch.where(self.cumulative.to(device), self.per_channel(tracked).to(precise) / after.clamp_min(1),
+                           (1 - self.momentum.to(device, precise)) ** self.per_channel(calls))
+        scale = torch.where(self.cumulative.to(device), after, torch.ones_like(after))
+        self.forwards.append(torch.cat([calls.to(precise), (mean_after - keep * mean) * scale,
+                                        (variance_after - keep * variance) * scale]))
 
     def on_before_optimizer_step(self, trainer):
-        if not self.layers:
-            return
+        if self.layers:
+            self.fold(distributed.all_gather_tensor(self.rows(trainer)).cpu().double())  # [rank, micro-batch, values]
+
+    def rows(self, trainer):
+        """One row per micro-batch of the step: whether it holds samples, then what its forward folded in."""
         progress, sampler = trainer.progress, trainer.loaders["train"].sampler
         count = min(trainer.args.accum_steps, len(sampler) - progress.batches_done)  # the step's micro-batches
-        forwards = range(self.forwards - count + 1, self.forwards + 1)
-        # One row per micro-batch: whether it holds samples, then each layer's means and variances, call by
-        # call (a layer may run more than once in a forward). Older records (the lr finder's) are dropped.
-        rows = torch.stack([torch.cat(
-            [torch.tensor([float(sampler.batch_size_at(progress.batches_done + offset) > 0)], device=trainer.device)]
-            + [value for layer in self.layers for number, mean, variance in self.records[layer] if number == forward
-               for value in (mean, variance)]) for offset, forward in enumerate(forwards)])
-        uses = [sum(1 for number, _, _ in self.records[layer] if number == self.forwards) for layer in self.layers]
-        self.records = {layer: [] for layer in self.layers}
-        gathered = distributed.all_gather_tensor(rows)  # [rank][micro-batch][values]
-        start = 1
-        for layer, folded, calls in zip(self.layers, self.folded, uses):
-            mean, variance, tracked = (value.clone() for value in folded)
-            width = layer.num_features
-            for offset in range(count):
-                for rank_rows in gathered:  # micro-batch by micro-batch, rank by rank: the global order
-                    row = rank_rows[offset]
-                    for at in range(start, start + 2 * width * calls, 2 * width) if row[0] else ():
-                        tracked += 1
-                        factor = layer.momentum if layer.momentum is not None else 1.0 / float(tracked)
-                        mean.mul_(1 - factor).add_(row[at:at + width].to(mean.dtype), alpha=factor)
-                        variance.mul_(1 - factor).add_(row[at + width:at + 2 * width].to(variance.dtype), alpha=factor)
-            start += 2 * width * calls
-            layer.running_mean.copy_(mean)
-            layer.running_var.copy_(variance)
-            layer.num_batches_tracked.copy_(tracked)
-        self.folded = self.statistics()
+        forwards, self.forwards = self.forwards[-count:], []  # older ones (the lr finder's) are dropped
+        real = torch.tensor([[float(sampler.batch_size_at(progress.batches_done + offset) > 0)]
+                             for offset in range(count)], device=forwards[0].device, dtype=forwards[0].dtype)
+        return torch.cat([real, torch.stack(forwards)], dim=1)
+
+    def fold(self, gathered):
+        """Every rank's micro-batches folded into the statistics, micro-batch by micro-batch, rank by rank,
+        as one product and sum: a momentum layer after K folds holds keep_1..keep_K r + the sum over j of
+        folded_j times the keeps after j; a cumulative average, the tracked-weighted mean of all."""
+        # From the statistics the step began with, alike on every rank, not from what this rank's forwards left.
+        mean, variance, tracked = (value.cpu().double() for value in self.start)
+        channels, layers = mean.numel(), len(self.layers)
+        rows = gathered.transpose(0, 1).reshape(-1, gathered.shape[-1])  # the global order
+        rows = rows[rows[:, 0] > 0]  # placeholders left out
+        calls = rows[:, 1:1 + layers]
+        folded_mean, folded_variance = rows[:, 1 + layers:1 + layers + channels], rows[:, 1 + layers + channels:]
+        per_channel = self.per_channel(torch.arange(layers))
+        keep = (1 - self.momentum) ** calls[:, per_channel]  # [fold, channel]
+        after = torch.cat([keep.flip(0).cumprod(0).flip(0)[1:], torch.ones(1, channels, dtype=keep.dtype)])
+        before, total = tracked[per_channel], tracked[per_channel] + calls[:, per_channel].sum(0)
+        whole = keep.prod(0)
+        mean = torch.where(self.cumulative, (before * mean + folded_mean.sum(0)) / total.clamp_min(1),
+                           whole * mean + (after * folded_mean).sum(0))
+        variance = torch.where(self.cumulative, (before * variance + folded_variance.sum(0)) / total.clamp_min(1),
+                               whole * variance + (after * folded_variance).sum(0))
+        tracked = tracked + calls.sum(0)
+        device, sizes = self.start[0].device, self.sizes.tolist()
+        for layer, layer_mean, layer_variance, count in zip(self.layers, mean.to(device).split(sizes),
+                                                             variance.to(device).split(sizes), tracked.tolist()):
+            layer.running_mean.copy_(layer_mean)
+            layer.running_var.copy_(layer_variance)
+            layer.num_batches_tracked.fill_(int(count))
+        self.start = self.statistics()
