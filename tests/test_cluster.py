@@ -375,19 +375,29 @@ def test_the_many_nodes_script_starts_torchrun_on_every_node_with_the_c10d_rende
         "--n_epoch 3 --run_name train-4242 --resume auto"]
 
 
-def test_torchrun_restarts_a_killed_worker_and_the_group_continues_bit_equal(two, fashion_dir, tmp_path):
-    command = [*TORCHRUN, "--nproc_per_node", "2", "--max-restarts", "1", "--master_port", str(free_port()),
-               str(SCRIPT), *argv(fashion_dir, tmp_path, "--batch_size", 16, "--run_name", "job")]
+def kill_a_worker_when(command, saved, timeout=120):
+    """Run the torchrun `command`, SIGKILL its last worker once `saved()` holds, and return torchrun's stderr
+    once it has restarted the group and ended well."""
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=environment())
     try:
-        wait_for_a_checkpoint(process, tmp_path / "job")
+        deadline = time.monotonic() + timeout
+        while not saved():
+            assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()[-3000:]
+            time.sleep(0.05)
         workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
         os.kill(int(workers[-1]), signal.SIGKILL)
         _, stderr = process.communicate(timeout=240)
     finally:
         process.kill()
     assert process.returncode == 0, stderr[-3000:]
+    return stderr
+
+
+def test_torchrun_restarts_a_killed_worker_and_the_group_continues_bit_equal(two, fashion_dir, tmp_path):
+    command = [*TORCHRUN, "--nproc_per_node", "2", "--max-restarts", "1", "--master_port", str(free_port()),
+               str(SCRIPT), *argv(fashion_dir, tmp_path, "--batch_size", 16, "--run_name", "job")]
+    stderr = kill_a_worker_when(command, lambda: (tmp_path / "job" / "Vanilla_last_ckpt.pth").is_file())
     run = tmp_path / "job"
     assert_same_weights(run, two, optimizer=True)
     assert step_samples(run) == step_samples(two)
@@ -401,19 +411,7 @@ def test_a_restarted_group_continues_the_branch_its_first_attempt_made_from_an_o
     older = shutil.copy(single.with_name(f"{single.name}_at5") / "Vanilla_last_ckpt.pth", run / "Vanilla_step5.pth")
     command = [*TORCHRUN, "--nproc_per_node", "1", "--max-restarts", "1", "--master_port", str(free_port()),
                str(SCRIPT), "--resume", str(older)]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=environment())
-    try:
-        deadline = time.monotonic() + 120
-        while not list(tmp_path.glob("*_from_epoch000/Vanilla_last_ckpt.pth")):
-            assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()[-3000:]
-            time.sleep(0.05)
-        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-        os.kill(int(workers[-1]), signal.SIGKILL)
-        _, stderr = process.communicate(timeout=240)
-    finally:
-        process.kill()
-    assert process.returncode == 0, stderr[-3000:]
+    stderr = kill_a_worker_when(command, lambda: list(tmp_path.glob("*_from_epoch000/Vanilla_last_ckpt.pth")))
     branches = list(tmp_path.glob("*_from_epoch*"))
     assert len(branches) == 1, branches
     assert "torchrun restart: continuing" in stderr
