@@ -240,9 +240,8 @@ class TrainerBase(Runner):
         self.model_summary, model_inputs = self.describe_model()  # the summary goes into config.json
         self.ema = EMA(self.model, args.ema_decay, args.ema_warmup, args.ema_every_n_steps) if args.ema_decay else None
         self.setup_optimization()
-        if checkpoint is not None:
+        if checkpoint is not None:  # then a new folder for an older state than the run's newest (state/branch.py)
             self.load_state_dict(checkpoint)
-        if checkpoint is not None:  # a new folder for an older state than the run's newest (state/branch.py)
             run = continued_in(run, args.resume, checkpoint, self.callbacks.run_name_suffix, self.log)
         self.run = run or RunFolder.create_for(args, self.main_process, self.callbacks.run_name_suffix)
         self.open_run_folder()
@@ -344,6 +343,7 @@ class TrainerBase(Runner):
         synchronised across processes only when `sync` (an accumulation group's last). At `index` of
         the epoch a NaN or infinite loss stops the run, or with --skip_nonfinite gives a zero gradient
         (counted); without an index (the range test) it goes through. Returns (loss, outputs, counted)."""
+        self.batch_index = index  # the micro-batch in its forward, for callbacks (training/running_stats.py)
         with distributed.no_sync(self.train_model, not sync):
             with self.autocast():
                 loss, outputs = self.task.forward_batch(self.train_model, batch)

@@ -134,9 +134,9 @@ class GlobalBatchSampler(EpochBatchSampler):
     samples on any number of processes, and BatchNorm normalises the same groups. Runs begun before
     that rule (checkpoints of sampling rules 1, state/checkpoint.py) deal round-robin
     (`deal="round_robin"`: rank r takes every W-th position from r), as they did. Nothing is padded:
-    the epoch's last micro-batch may leave a rank short, or empty; an empty rank gets a placeholder,
-    one sample of weight 0 (`share_at`), so that every rank joins the step's gradient sync and no
-    sample counts twice.
+    the epoch's last micro-batch may leave a rank short, or empty; an empty rank gets a placeholder of
+    weight 0 (`share_at`): rank 0's samples of it (round-robin: one sample), so that every rank joins
+    the step's gradient sync and no sample counts twice.
     """
 
     DEALS = ("consecutive", "round_robin")
@@ -170,8 +170,8 @@ class GlobalBatchSampler(EpochBatchSampler):
         chunk, start = self.batch_size * self.world_size, self.rank * self.batch_size
         for index in range(self.skip, len(self)):
             dealt = order[index * chunk:(index + 1) * chunk]
-            if self.deal == "consecutive":
-                yield dealt[start:start + self.batch_size] if len(dealt) > start else dealt[:1]
+            if self.deal == "consecutive":  # a placeholder of B samples: BatchNorm cannot train on one
+                yield dealt[start:start + self.batch_size] if len(dealt) > start else dealt[:self.batch_size]
             else:
                 yield dealt[self.rank::self.world_size] if len(dealt) > self.rank else dealt[:1]
 

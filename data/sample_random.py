@@ -14,7 +14,8 @@ after a resume.
 
 Each call draws from every row's stream in turn, so the k-th draw of a sample is the same whatever
 the batch around it. The streams are made on first use: a task that does not augment pays nothing.
-The values are CPU tensors; move them with `.to(images.device)` where needed.
+The values are CPU tensors; move them with `.to(images.device)` where needed. What mixes samples
+(MixUp's or CutMix's pairing) depends on the batch by nature, and so on the number of processes.
 """
 import torch
 

@@ -52,17 +52,18 @@ def auto_resume(args, task, agrees):
 
 def restarted_branch(args, task, agrees):
     """The checkpoint to resume with `--resume PATH`: PATH, except in a worker group that torchrun restarted
-    when PATH is an older state of its run (state/branch.py): then the branch that an earlier attempt made
-    from PATH and saved in, the newest one whose checkpoint `agrees` with the command, so that the
-    restarted group continues it instead of branching from PATH again."""
+    when PATH is an older state of its run (state/branch.py): then the branch that an earlier attempt of the
+    same launch made from PATH and saved in (the newest, if several), when its checkpoint `agrees` with the
+    command, so that the restarted group continues it instead of branching from PATH again."""
     from state.checkpoint import find_checkpoint
+    from utils.distributed import launch
     if not elastic_restart() or args.resume is None or str(args.resume) == AUTO:
         return args.resume
     given = find_checkpoint(args.resume).resolve()
     branches = []
     for config in given.parent.parent.glob("*_from_epoch*/config.json"):
-        resumes = read_json_file(config).get("resumes") or [{}]
-        if Path(resumes[0].get("from", "")).resolve() != given:
+        first = (read_json_file(config).get("resumes") or [{}])[0]
+        if Path(first.get("from", "")).resolve() != given or first.get("launch") != launch():
             continue
         try:
             path, checkpoint = resumable(config.parent, task)

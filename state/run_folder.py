@@ -146,7 +146,7 @@ class RunFolder:
             epoch, _, global_step = position
             resumes.append({"from": str(resumed_from), "epoch": epoch, "global_step": global_step,
                             "at": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
-                            "device": str(device), **git_state()})
+                            "device": str(device), "launch": distributed.launch(), **git_state()})
         self.write_json("config.json", {"options": options, "environment": environment, "resumes": resumes,
                                         "model": model or previous.get("model")})
 

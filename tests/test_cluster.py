@@ -2,6 +2,7 @@
 and the requeue, torchrun's restarts, and resumes on another number of processes."""
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -233,6 +234,12 @@ def test_with_the_batch_kept_every_micro_batch_holds_the_same_samples_on_any_num
     new = GlobalBatchSampler(size, batch_size, seed=3, rank=1, world_size=2, deal="round_robin")
     new.set_epoch(1)
     assert [batch.tolist() for batch in new][:5] == [batch.tolist() for batch in old][:5]
+    # A rank the last micro-batch leaves empty trains on a placeholder of weight 0 that BatchNorm can
+    # normalise (one sample raises "Expected more than 1 value per channel" on that rank alone, and
+    # the other ranks would wait for it in the gradient sync).
+    last = GlobalBatchSampler(100, 16, seed=3, rank=3, world_size=4)
+    placeholder = list(last)[-1]
+    assert last.batch_size_at(len(last) - 1) == 0 and len(placeholder) == 16
 
 
 # ---------------------------------------------------------------------- BatchNorm and augmentation
@@ -409,15 +416,21 @@ def test_a_restarted_group_continues_the_branch_its_first_attempt_made_from_an_o
     after a killed worker, torchrun's restarted group continues that branch rather than making another."""
     run = shutil.copytree(single, tmp_path / "run")
     older = shutil.copy(single.with_name(f"{single.name}_at5") / "Vanilla_last_ckpt.pth", run / "Vanilla_step5.pth")
+    # another launch's branch from the same state, newer: the restart must not take it for its own
+    other = shutil.copytree(single.with_name(f"{single.name}_at5"), tmp_path / "2000-01-01_00-00-00_from_epoch000")
+    (other / "config.json").write_text(json.dumps({"resumes": [{"from": str(older), "launch": "another"}]}))
+    os.utime(other / "Vanilla_last_ckpt.pth", (time.time() + 3600, time.time() + 3600))
     command = [*TORCHRUN, "--nproc_per_node", "1", "--max-restarts", "1", "--master_port", str(free_port()),
                str(SCRIPT), "--resume", str(older)]
-    stderr = kill_a_worker_when(command, lambda: list(tmp_path.glob("*_from_epoch000/Vanilla_last_ckpt.pth")))
-    branches = list(tmp_path.glob("*_from_epoch*"))
+    stderr = kill_a_worker_when(command, lambda: [path for path in tmp_path.glob("*_from_epoch000/Vanilla_last_ckpt.pth")
+                                                  if path.parent != other])
+    branches = [path for path in tmp_path.glob("*_from_epoch*") if path != other]
     assert len(branches) == 1, branches
     assert "torchrun restart: continuing" in stderr
     resumes = read_json(branches[0] / "config.json")["resumes"]
     assert [Path(entry["from"]).name for entry in resumes] == ["Vanilla_step5.pth", "Vanilla_last_ckpt.pth"]
     assert_same_weights(branches[0], single, optimizer=True)
+    assert last_checkpoint(other)["global_step"] == 5 and len(read_json(other / "config.json")["resumes"]) == 1
 
 
 # ---------------------------------------------------------------------- which run --resume auto continues

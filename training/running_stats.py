@@ -12,8 +12,12 @@ global batch would have folded them: micro-batch by micro-batch of the step, ran
 epoch's short last step leaves empty) is not folded. The statistics then equal a single process's
 within floating-point rounding, and every rank holds them.
 
-Not used with --sync_bn, whose layers fold the statistics of every process's micro-batch together,
-nor for runs of sampling rules 1 (state/checkpoint.py), which keep rank 0's as they did.
+The statistics are read around each forward of the model (`trainer.model`), tagged with the micro-batch
+the trainer runs (`trainer.batch_index`): a task may run the model more than once a micro-batch, but a
+BatchNorm layer run outside the model's forward (a submodule called by itself) is not seen. Not used
+with --sync_bn, whose layers fold the statistics of every process's micro-batch together, nor for
+SyncBatchNorm layers built into a model, nor for runs of sampling rules 1 (state/checkpoint.py), which
+keep rank 0's as they did.
 """
 import torch
 
@@ -24,15 +28,17 @@ from utils import distributed
 class RunningStatsInGlobalOrder(Callback):
     def __init__(self):
         self.layers = []
-        self.forwards = []  # what each training forward since the last step folded in (`folded`)
+        self.forwards = []  # (micro-batch, what its forward folded in) of each training forward since the last step
         self.before = None  # the statistics when the forward in progress began
         self.start = None  # the statistics when the step in progress began
 
     def on_fit_start(self, trainer):
         if trainer.world_size == 1 or trainer.sampling < 2 or trainer.args.sync_bn:
             return
-        self.layers = [module for module in trainer.model.modules()
-                       if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats]
+        self.trainer = trainer
+        self.layers = [module for module in trainer.model.modules()  # SyncBatchNorm folds every process's itself
+                       if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+                       and not isinstance(module, torch.nn.SyncBatchNorm)]
         if not self.layers:
             return
         self.sizes = torch.tensor([layer.num_features for layer in self.layers])
@@ -61,7 +67,8 @@ class RunningStatsInGlobalOrder(Callback):
         for a momentum f, keep = (1 - f)^calls and `folded` is kept as is; for a cumulative average
         (momentum None), keep = tracked before / tracked after and `folded` is kept times the tracked
         after (the sum of the calls' values), which does not depend on how many came before."""
-        if not model.training or self.before is None:
+        index = getattr(self.trainer, "batch_index", None)  # None: a forward of the lr finder, which is undone
+        if not model.training or self.before is None or index is None:
             return
         (mean, variance, tracked), (mean_after, variance_after, tracked_after) = self.before, self.statistics()
         self.before = None
@@ -73,21 +80,31 @@ class RunningStatsInGlobalOrder(Callback):
         keep = torch.where(self.cumulative.to(device), self.per_channel(tracked).to(precise) / after.clamp_min(1),
                            (1 - self.momentum.to(device, precise)) ** self.per_channel(calls))
         scale = torch.where(self.cumulative.to(device), after, torch.ones_like(after))
-        self.forwards.append(torch.cat([calls.to(precise), (mean_after - keep * mean) * scale,
-                                        (variance_after - keep * variance) * scale]))
+        self.forwards.append((index, torch.cat([calls.to(precise), (mean_after - keep * mean) * scale,
+                                                (variance_after - keep * variance) * scale])))
 
     def on_before_optimizer_step(self, trainer):
         if self.layers:
             self.fold(distributed.all_gather_tensor(self.rows(trainer)).cpu().double())  # [rank, micro-batch, values]
 
     def rows(self, trainer):
-        """One row per micro-batch of the step: whether it holds samples, then what its forward folded in."""
+        """One row per micro-batch of the step: whether it holds samples, then what its forwards folded in
+        (a task may run the model more than once a micro-batch: the folds of its forwards in turn are one)."""
         progress, sampler = trainer.progress, trainer.loaders["train"].sampler
         count = min(trainer.args.accum_steps, len(sampler) - progress.batches_done)  # the step's micro-batches
-        forwards, self.forwards = self.forwards[-count:], []  # older ones (the lr finder's) are dropped
-        real = torch.tensor([[float(sampler.batch_size_at(progress.batches_done + offset) > 0)]
-                             for offset in range(count)], device=forwards[0].device, dtype=forwards[0].dtype)
-        return torch.cat([real, torch.stack(forwards)], dim=1)
+        forwards, self.forwards = self.forwards, []
+        layers, width = len(self.layers), len(self.layers) + 2 * int(self.sizes.sum())
+        rows = []
+        for index in range(progress.batches_done, progress.batches_done + count):
+            row = torch.zeros(1 + width, dtype=torch.float64)
+            row[0] = float(sampler.batch_size_at(index) > 0)
+            for folded in (folded.cpu().double() for number, folded in forwards if number == index):
+                calls = folded[:layers]
+                keep = torch.where(self.cumulative, 1.0, (1 - self.momentum) ** self.per_channel(calls)).repeat(2)
+                row[1:1 + layers] += calls
+                row[1 + layers:] = keep * row[1 + layers:] + folded[layers:]
+            rows.append(row)
+        return torch.stack(rows).to(self.start[0].device)
 
     def fold(self, gathered):
         """Every rank's micro-batches folded into the statistics, micro-batch by micro-batch, rank by rank,
@@ -105,9 +122,10 @@ class RunningStatsInGlobalOrder(Callback):
         after = torch.cat([keep.flip(0).cumprod(0).flip(0)[1:], torch.ones(1, channels, dtype=keep.dtype)])
         before, total = tracked[per_channel], tracked[per_channel] + calls[:, per_channel].sum(0)
         whole = keep.prod(0)
-        mean = torch.where(self.cumulative, (before * mean + folded_mean.sum(0)) / total.clamp_min(1),
+        averaged = self.cumulative & (total > 0)  # a cumulative layer no micro-batch called keeps its statistics
+        mean = torch.where(averaged, (before * mean + folded_mean.sum(0)) / total.clamp_min(1),
                            whole * mean + (after * folded_mean).sum(0))
-        variance = torch.where(self.cumulative, (before * variance + folded_variance.sum(0)) / total.clamp_min(1),
+        variance = torch.where(averaged, (before * variance + folded_variance.sum(0)) / total.clamp_min(1),
                                whole * variance + (after * folded_variance).sum(0))
         tracked = tracked + calls.sum(0)
         device, sizes = self.start[0].device, self.sizes.tolist()

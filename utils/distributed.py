@@ -12,6 +12,17 @@ def launched_by_torchrun():
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launch():
+    """What tells one torchrun launch from another, alike on its every process and restart, or None
+    outside torchrun: the rendezvous id (`--rdzv_id`, a uuid with --standalone); for the static
+    rendezvous's default id, "none", on one node also the torchrun agent's host and process."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id is None or run_id != "none" or os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        return run_id
+    import socket
+    return f"none@{socket.gethostname()}:{os.getppid()}"
+
+
 def init_distributed(use_cuda):
     """Join the process group torchrun describes (nccl on GPUs, gloo on CPU); return (rank, world_size, local_rank)."""
     if not launched_by_torchrun():
