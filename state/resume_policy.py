@@ -13,6 +13,7 @@ run. Under torchrun, a restarted worker group (`TORCHELASTIC_RESTART_COUNT` > 0)
 `--resume auto` were given; one given `--resume PATH` of an older state, which the first attempt
 continued in a branch (state/branch.py), continues that branch.
 """
+import json
 import os
 from pathlib import Path
 
@@ -62,7 +63,10 @@ def restarted_branch(args, task, agrees):
     given = find_checkpoint(args.resume).resolve()
     branches = []
     for config in given.parent.parent.glob("*_from_epoch*/config.json"):
-        first = (read_json_file(config).get("resumes") or [{}])[0]
+        try:
+            first = (json.loads(config.read_text()).get("resumes") or [{}])[0]
+        except (OSError, ValueError):  # a folder being written, or not a run's
+            continue
         if Path(first.get("from", "")).resolve() != given or first.get("launch") != launch():
             continue
         try:
@@ -77,14 +81,6 @@ def restarted_branch(args, task, agrees):
     if os.environ.get("RANK", "0") == "0":
         setup_logger().info(f"torchrun restart: continuing {newest}, the branch an earlier attempt made from {given}")
     return newest
-
-
-def read_json_file(path):
-    import json
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def checkpoint_in(folder):

@@ -27,6 +27,7 @@ from utils import distributed
 
 class RunningStatsInGlobalOrder(Callback):
     def __init__(self):
+        self.trainer = None
         self.layers = []
         self.forwards = []  # (micro-batch, what its forward folded in) of each training forward since the last step
         self.before = None  # the statistics when the forward in progress began
