@@ -47,12 +47,16 @@ class RunningStatsInGlobalOrder(Callback):
         self.momentum = self.per_channel(torch.tensor([layer.momentum or 0.0 for layer in self.layers],
                                                       dtype=torch.float64))
         self.start = self.statistics()  # alike on every rank: the same initial or resumed weights
+        device = self.start[0].device  # the layers' own, which the hooks compute on: copied there once
+        self.precise = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.on_device = {"sizes": self.sizes.to(device), "cumulative": self.cumulative.to(device),
+                          "momentum": self.momentum.to(device, self.precise)}
         trainer.model.register_forward_pre_hook(self.keep_before)
         trainer.model.register_forward_hook(self.read_folded)
 
     def per_channel(self, values):
         """One value per layer as one per channel, as the statistics are laid out end to end."""
-        return torch.repeat_interleave(values, self.sizes.to(values.device))
+        return torch.repeat_interleave(values, self.sizes if values.device.type == "cpu" else self.on_device["sizes"])
 
     def statistics(self):
         return (torch.cat([layer.running_mean for layer in self.layers]),
@@ -73,14 +77,14 @@ class RunningStatsInGlobalOrder(Callback):
             return
         (mean, variance, tracked), (mean_after, variance_after, tracked_after) = self.before, self.statistics()
         self.before = None
-        precise = torch.float32 if mean.device.type == "mps" else torch.float64  # MPS has no float64
+        precise, cumulative = self.precise, self.on_device["cumulative"]
         mean, variance, mean_after, variance_after = (value.to(precise) for value in
                                                       (mean, variance, mean_after, variance_after))
-        calls, device = tracked_after - tracked, mean.device
+        calls = tracked_after - tracked
         after = self.per_channel(tracked_after).to(precise)
-        keep = torch.where(self.cumulative.to(device), self.per_channel(tracked).to(precise) / after.clamp_min(1),
-                           (1 - self.momentum.to(device, precise)) ** self.per_channel(calls))
-        scale = torch.where(self.cumulative.to(device), after, torch.ones_like(after))
+        keep = torch.where(cumulative, self.per_channel(tracked).to(precise) / after.clamp_min(1),
+                           (1 - self.on_device["momentum"]) ** self.per_channel(calls))
+        scale = torch.where(cumulative, after, torch.ones_like(after))
         self.forwards.append((index, torch.cat([calls.to(precise), (mean_after - keep * mean) * scale,
                                                 (variance_after - keep * variance) * scale])))
 
