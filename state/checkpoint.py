@@ -181,6 +181,9 @@ def check_checkpoint(checkpoint, path, task):
     if checkpoint.get("task") != task:
         raise UserError(f"{path} was written by the {checkpoint.get('task')} task (model "
                         f"{checkpoint['config'].get('model_type')}), not by the {task} task")
+    if checkpoint.get("sampling") not in (1, SAMPLING):
+        raise UserError(f"{path} has sampling rules {checkpoint.get('sampling')!r}; this version knows rules 1 and "
+                        f"{SAMPLING} (a checkpoint of another version of this toolkit)")
     unknown = set(checkpoint) - KEYS
     if unknown:
         raise UserError(f"{path} holds entries this version does not restore: {', '.join(sorted(unknown))}")

@@ -72,3 +72,11 @@ def test_a_run_of_the_previous_format_resumes_exactly_and_evaluates(old_run):
     assert SegOnCarvanaEvaluator.main(["--model_path", run / "UNet_best_ckpt.pth", "--data_dir", data]) == 0
     evaluated = read_json(run / "eval" / "test" / "metrics.json")
     assert evaluated["epoch"] == 1 and evaluated["weights"] == "ema" and evaluated["samples"] == 4
+
+
+def test_a_checkpoint_of_unknown_sampling_rules_is_refused(old_run, tmp_path):
+    run, _ = old_run
+    checkpoint = read_checkpoint(run / "UNet_last_ckpt.pth", "SegOnCarvana")
+    torch.save({**checkpoint, "sampling": 3}, tmp_path / "future.pth")
+    with pytest.raises(UserError, match="sampling rules 3; this version knows rules 1 and 2"):
+        read_checkpoint(tmp_path / "future.pth", "SegOnCarvana")

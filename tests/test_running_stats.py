@@ -93,3 +93,9 @@ def test_nothing_is_hooked_on_one_process_with_sync_bn_or_for_a_run_of_sampling_
         callback = RunningStatsInGlobalOrder()
         callback.on_fit_start(trainer)
         assert not callback.layers and not trainer.model._forward_hooks
+    # SyncBatchNorm built into a model (without --sync_bn) folds every process's micro-batch itself
+    trainer = SimpleNamespace(world_size=2, sampling=2, args=SimpleNamespace(sync_bn=False),
+                              model=torch.nn.SyncBatchNorm.convert_sync_batchnorm(Net()))
+    callback = RunningStatsInGlobalOrder()
+    callback.on_fit_start(trainer)
+    assert not callback.layers and not trainer.model._forward_hooks
