@@ -28,6 +28,7 @@ from utils import distributed
 class RunningStatsInGlobalOrder(Callback):
     def __init__(self):
         self.trainer = None
+        self.hooks = []
         self.layers = []
         self.forwards = []  # (micro-batch, what its forward folded in) of each training forward since the last step
         self.before = None  # the statistics when the forward in progress began
@@ -51,8 +52,16 @@ class RunningStatsInGlobalOrder(Callback):
         self.precise = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
         self.on_device = {"sizes": self.sizes.to(device), "cumulative": self.cumulative.to(device),
                           "momentum": self.momentum.to(device, self.precise)}
-        trainer.model.register_forward_pre_hook(self.keep_before)
-        trainer.model.register_forward_hook(self.read_folded)
+        self.hooks = [trainer.model.register_forward_pre_hook(self.keep_before),
+                      trainer.model.register_forward_hook(self.read_folded)]
+
+    def on_fit_end(self, trainer, status):
+        """Unhook, and let go of the trainer: the cycle of model, hooks, this callback and the trainer would
+        otherwise keep DDP's process group alive until the interpreter shuts down, whose teardown then
+        can abort (gloo's threads at exit)."""
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks, self.trainer = [], None
 
     def per_channel(self, values):
         """One value per layer as one per channel, as the statistics are laid out end to end."""
