@@ -23,7 +23,7 @@ from data.synthetic_fashion_mnist import write_fashion_mnist
 from helpers import ROOT
 
 README = (ROOT / "README.md").read_text()
-BLOCK = re.compile(r"^(?P<marker>[^\n]*)\n[ \t]*```bash\n(?P<body>.*?)```\n(?P<after>(?:[^\n]*\n){0,4})", re.M | re.S)
+BLOCK = re.compile(r"^(?P<marker>[^\n]*)\n[ \t]*```bash\n(?P<body>.*?)```\n(?=(?P<after>(?:[^\n]*\n){0,4}))", re.M | re.S)
 MARKER = re.compile(r"<!-- commands: (run|check|not run: [^>]+) -->")
 NOTE = re.compile(r"(?:On the quick start's generated data:|check of the whole path:)(.*?)(?:\n\n|$)", re.S)
 
@@ -122,3 +122,11 @@ def test_every_block_is_marked_and_runs_or_parses_as_written(quick_started, monk
                 run_command(command, quick_started, monkeypatch)
                 ran += 1
     assert ran >= 10
+
+
+def test_ci_runs_the_readme_test_command():
+    """CI runs the quick start's test command as the README gives it, not a variant of its own."""
+    quick_start = [body for kind, body, _ in blocks() if kind == "not run: the quick start (.ci/run runs it)"]
+    assert len(quick_start) == 1 and len(quick_start[0]) == 1, quick_start
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert quick_start[0][0] in [line.strip() for line in ci], quick_start[0][0]
