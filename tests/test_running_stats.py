@@ -1,6 +1,8 @@
 """training/running_stats.py: BatchNorm's running statistics folded in the global order on W > 1
 processes equal those of one process that takes the same micro-batches in turn."""
 import copy
+import gc
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -99,3 +101,22 @@ def test_nothing_is_hooked_on_one_process_with_sync_bn_or_for_a_run_of_sampling_
     callback = RunningStatsInGlobalOrder()
     callback.on_fit_start(trainer)
     assert not callback.layers and not trainer.model._forward_hooks
+
+
+def test_the_end_of_fit_unhooks_and_lets_go_of_the_trainer():
+    """Model -> hooks -> callback -> trainer -> model is a cycle: left in place, it keeps DDP's process group
+    alive into interpreter shutdown. After on_fit_end, dropping the trainer frees the model at once."""
+    trainer, callback = rank(Net())
+    trainer.callbacks = [callback]
+    trainer.batch_index = 0
+    trainer.model(torch.randn(4, 3))
+    assert trainer.model._forward_hooks and callback.trainer is trainer
+    callback.on_fit_end(trainer, "finished")
+    assert not trainer.model._forward_hooks and not trainer.model._forward_pre_hooks and callback.trainer is None
+    model = weakref.ref(trainer.model)
+    gc.disable()  # only reference counting frees it: no cycle left
+    try:
+        del trainer
+        assert model() is None
+    finally:
+        gc.enable()
