@@ -68,7 +68,8 @@ file, in this process, taking turns block by block; ratios are to eager (exporte
 
 The modules: measure.py (turn-taking processes, memory, statistics, table rows), toolkit.py (every
 call into the toolkit's trainers), vanilla.py (the MLP's contenders, the vanilla and recipes
-sections), recipes.py (recipes_ab), unet.py, predict.py and exported.py (their sections).
+sections), recipes.py (recipes_ab), unet.py, predict.py and exported.py (their sections). buckets.py
+is a script of its own, run under torchrun (its docstring).
 """
 import argparse
 import json

@@ -15,7 +15,6 @@ import runpy
 import shlex
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -186,6 +186,7 @@ def wrap_model(model, args, device, size):
     if size > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+        settle_buckets(train_model)
     elif args.parallel:
         ids = [int(d) for d in args.gpu_devices] if args.gpu_devices else list(range(torch.cuda.device_count()))
         train_model = eval_model = torch.nn.DataParallel(model, device_ids=ids)
@@ -194,6 +195,36 @@ def wrap_model(model, args, device, size):
         eval_model = compiled if eval_model is train_model else torch.compile(eval_model, backend=args.compile_backend)
         train_model = compiled
     return model, train_model, eval_model
+
+
+def settle_buckets(ddp):
+    """Have DDP lay out its gradient buckets now, the same way at every start of a run, by one backward of
+    zeros through every trainable parameter, in reverse order of `parameters()`.
+
+    DDP all-reduces a bucket of gradients at once, and the all-reduce adds an element's values over the
+    processes in an order set by its place in the bucket. DDP's first step after it is built runs on a
+    provisional layout, and DDP lays the buckets out again from the order in which that step's gradients came.
+    A run resumed at step k would then take step k + 1 on the provisional layout where the uninterrupted run
+    used the final one, and on 3 processes or more (a sum of two is the same either way) its weights would
+    differ in the last bits. Settled here, every step of every start runs on this layout: the one DDP itself
+    starts from when it cannot rebuild, gradients bucketed from the output back to the input. Costs one
+    all-reduce of zeros at the start."""
+    module = ddp.module
+    parameters = [parameter for parameter in module.parameters() if parameter.requires_grad]
+
+    def zeros(*_):
+        total = parameters[0].new_zeros(())
+        for parameter in parameters:  # backward meets them last first
+            total = total + (parameter * 0).sum()
+        return total
+
+    module.forward = zeros
+    try:
+        ddp().backward()  # DDP records the order of the gradients; its next forward lays out the buckets
+    finally:
+        del module.forward
+    for parameter in parameters:
+        parameter.grad = None
 
 
 def no_sync(model, skip):
