@@ -334,6 +334,40 @@ def test_resume_auto_after_sigkill_continues_its_run_bit_equal(single, fashion_d
     assert "resumed from" in (tmp_path / "job" / "log.txt").read_text()
 
 
+def test_workers_die_with_a_killed_torchrun_and_resume_auto_continues_bit_equal(four, fashion_dir, tmp_path):
+    """`kill -9` of torchrun alone: its workers die with it (they would train on, orphans holding the run's
+    lock), and the same command with --resume auto continues the run from its last save on 4 processes."""
+    args = argv(fashion_dir, tmp_path, "--batch_size", 8, "--run_name", "job")
+    command = [*TORCHRUN, "--nproc_per_node", "4", "--master_port", str(free_port()), str(SCRIPT), *args]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env=environment())
+    try:
+        wait_for_a_checkpoint(process, tmp_path / "job")
+        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        process.kill()
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert len(workers) == 4
+    deadline = time.monotonic() + 30
+    while any(worker_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "the workers outlived torchrun"
+        time.sleep(0.05)
+    assert last_checkpoint(tmp_path / "job")["global_step"] < 2 * STEPS_PER_EPOCH
+    torchrun(4, *args, "--resume", "auto")
+    assert run_dirs(tmp_path) == [tmp_path / "job"]
+    assert_same_weights(tmp_path / "job", four, optimizer=True)
+    assert step_samples(tmp_path / "job") == step_samples(four)
+
+
+def worker_alive(pid):
+    """Whether process `pid` runs (a zombie, dead and not yet reaped by its new parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def fake_slurm(folder, calls):
     """A folder for PATH with `scontrol` and `srun` that record their arguments in `calls`; `srun` runs its
     command, and `scontrol show hostnames` names this machine."""

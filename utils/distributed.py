@@ -1,5 +1,6 @@
 """Processes launched by torchrun: the process group, ranks and devices, from one place."""
 import os
+import sys
 from contextlib import nullcontext
 
 import torch
@@ -25,6 +26,7 @@ def launch():
 
 def init_distributed(use_cuda):
     """Join the process group torchrun describes (nccl on GPUs, gloo on CPU); return (rank, world_size, local_rank)."""
+    die_with_torchrun()
     if not launched_by_torchrun():
         return 0, 1, 0
     if not dist.is_initialized():
@@ -35,6 +37,24 @@ def init_distributed(use_cuda):
             dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
                                     world_size=int(os.environ["WORLD_SIZE"]))
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def die_with_torchrun():
+    """Under torchrun on Linux, have the kernel SIGKILL this worker when torchrun ends. torchrun stops its
+    workers when it is stopped, but killed itself (`kill -9`, a scheduler's kill of its process alone), it
+    would leave them training on, orphans that hold the run's lock and write into it while the job is
+    started again. Killed with it, a worker leaves the run as of its last save, which the next start resumes."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+    torchrun = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != torchrun:  # torchrun ended before the call
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def restart_keyed_store():
