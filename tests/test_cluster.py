@@ -410,6 +410,38 @@ def test_sigusr1_saves_asks_slurm_to_requeue_and_the_requeued_job_continues(sing
     assert step_samples(run) == step_samples(single)
 
 
+def test_sigusr1_outside_torchrun_exits_138_after_the_requeue_and_the_next_job_continues(single, fashion_dir,
+                                                                                          tmp_path):
+    """One process in a SLURM job (a fake scontrol): SIGUSR1 saves, requeues and exits with 128 + SIGUSR1."""
+    calls = tmp_path / "calls"
+    process = start(fashion_dir, tmp_path, "--run_name", "job", env=fake_slurm(tmp_path / "bin", calls))
+    try:
+        wait_for_a_checkpoint(process, tmp_path / "job")
+        process.send_signal(signal.SIGUSR1)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGUSR1 == 138, stderr[-3000:]
+    assert calls.read_text() == "scontrol requeue 4242\n"
+    assert 5 <= last_checkpoint(tmp_path / "job")["global_step"] < 2 * STEPS_PER_EPOCH
+    assert RecordingTrainer.main(argv(fashion_dir, tmp_path, "--batch_size", GLOBAL_BATCH, "--run_name", "job",
+                                      "--resume", "auto")) == 0
+    assert_same_weights(tmp_path / "job", single, optimizer=True)
+    assert step_samples(tmp_path / "job") == step_samples(single)
+
+
+def test_the_requeue_command_comes_from_the_hook_then_slurm(monkeypatch, tmp_path):
+    from training.requeue import requeue_command
+    monkeypatch.delenv("REQUEUE_COMMAND", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert requeue_command() is None
+    monkeypatch.setenv("PATH", fake_slurm(tmp_path / "bin", tmp_path / "calls")["PATH"])
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert requeue_command() == ["scontrol", "requeue", "4242"]
+    monkeypatch.setenv("REQUEUE_COMMAND", "my-scheduler resubmit 7")
+    assert requeue_command() == "my-scheduler resubmit 7"
+
+
 def test_the_many_nodes_script_starts_torchrun_on_every_node_with_the_c10d_rendezvous(tmp_path):
     calls = tmp_path / "calls"
     env = environment(SLURM_JOB_NUM_NODES="2", SLURM_GPUS_ON_NODE="4", SLURM_JOB_NODELIST="node[1-2]",
