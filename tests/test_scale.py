@@ -76,6 +76,32 @@ def test_two_ranks_of_batch_b_match_one_process_of_batch_2b(fashion_dir, ddp_run
     assert_close_weights(run_dirs(ddp_run)[0], single, atol=1e-6)
 
 
+SETTLED = """
+import torch, torch.distributed as dist
+from utils.distributed import settle_buckets
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank=0, world_size=1)
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Embedding(10, 4, sparse=True), torch.nn.Flatten(), torch.nn.Linear(8, 2),
+                            torch.nn.BatchNorm1d(2))
+model[3].weight.requires_grad_(False)
+ddp = torch.nn.parallel.DistributedDataParallel(model)
+settle_buckets(ddp)
+assert all(parameter.grad is None for parameter in model.parameters()), "settling left gradients"
+assert int(model[3].num_batches_tracked) == 0, "settling ran the model"
+ddp(torch.tensor([[1, 2], [3, 4]])).sum().backward()
+assert ddp._has_rebuilt_buckets, "the buckets were laid out at the first step, not before"
+assert model[0].weight.grad.is_sparse and model[3].weight.grad is None
+print("settled")
+"""
+
+
+def test_ddp_buckets_are_laid_out_before_the_first_step_without_touching_the_model():
+    """utils/distributed.settle_buckets: one backward of zeros, sparse embeddings and frozen weights included."""
+    result = subprocess.run([sys.executable, "-c", SETTLED.format(port=free_port())], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0 and "settled" in result.stdout, result.stderr[-3000:]
+
+
 def test_accumulation_equals_one_big_batch(fashion_dir, tmp_path):
     big = train_vanilla(fashion_dir, tmp_path / "big", "--batch_size", "32", *FLAGS)
     accumulated = train_vanilla(fashion_dir, tmp_path / "accum", "--batch_size", "8", "--accum_steps", "4", *FLAGS)

@@ -231,11 +231,19 @@ def settle_buckets(ddp):
     all-reduce of zeros at the start."""
     module = ddp.module
     parameters = [parameter for parameter in module.parameters() if parameter.requires_grad]
+    sparse = {id(layer.weight) for layer in module.modules()  # DDP expects their gradients sparse
+              if isinstance(layer, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and layer.sparse}
+
+    def zero(parameter):
+        if id(parameter) in sparse:
+            first = torch.zeros(1, dtype=torch.long, device=parameter.device)
+            return torch.nn.functional.embedding(first, parameter, sparse=True).sum() * 0
+        return (parameter * 0).sum()
 
     def zeros(*_):
         total = parameters[0].new_zeros(())
         for parameter in parameters:  # backward meets them last first
-            total = total + (parameter * 0).sum()
+            total = total + zero(parameter)
         return total
 
     module.forward = zeros
