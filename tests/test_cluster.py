@@ -381,6 +381,16 @@ def fake_slurm(folder, calls):
     return {"PATH": path, "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train"}
 
 
+def sigusr1_after_a_save(process, run):
+    """SIGUSR1 to `process` once it has saved in `run`; its stderr once it has ended."""
+    try:
+        wait_for_a_checkpoint(process, run)
+        process.send_signal(signal.SIGUSR1)
+        return process.communicate(timeout=120)[1]
+    finally:
+        process.kill()
+
+
 def test_sigusr1_saves_asks_slurm_to_requeue_and_the_requeued_job_continues(single, fashion_dir, tmp_path):
     """The one-node sbatch script, run as SLURM would (a fake scontrol) with its default --max-restarts 3:
     SIGUSR1 to the script reaches the worker, which saves, asks for the requeue and ends the job (status 0
@@ -391,12 +401,7 @@ def test_sigusr1_saves_asks_slurm_to_requeue_and_the_requeued_job_continues(sing
     command = ["bash", ROOT / "configs" / "slurm" / "train_one_node.sbatch", SCRIPT,
                *argv(fashion_dir, output, "--batch_size", GLOBAL_BATCH)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        wait_for_a_checkpoint(process, output / "train-4242")
-        process.send_signal(signal.SIGUSR1)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
+    stderr = sigusr1_after_a_save(process, output / "train-4242")
     assert process.returncode == 0 and "attempt 1" not in stderr and "Restarting" not in stderr, stderr[-3000:]
     assert calls.read_text() == "scontrol requeue 4242\n"  # once: the group was not restarted
     run = output / "train-4242"
@@ -415,12 +420,7 @@ def test_sigusr1_outside_torchrun_exits_138_after_the_requeue_and_the_next_job_c
     """One process in a SLURM job (a fake scontrol): SIGUSR1 saves, requeues and exits with 128 + SIGUSR1."""
     calls = tmp_path / "calls"
     process = start(fashion_dir, tmp_path, "--run_name", "job", env=fake_slurm(tmp_path / "bin", calls))
-    try:
-        wait_for_a_checkpoint(process, tmp_path / "job")
-        process.send_signal(signal.SIGUSR1)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
+    stderr = sigusr1_after_a_save(process, tmp_path / "job")
     assert process.returncode == 128 + signal.SIGUSR1 == 138, stderr[-3000:]
     assert calls.read_text() == "scontrol requeue 4242\n"
     assert 5 <= last_checkpoint(tmp_path / "job")["global_step"] < 2 * STEPS_PER_EPOCH
