@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH), str(BENCH.parent)]  # this folder's modules, then the toolkit's packages
 
+from measure import synchronize  # noqa: E402
 from utils.distributed import settle_buckets  # noqa: E402
 
 MODELS = {"mlp": {"batch": 64}, "unet": {"batch": 4, "size": (128, 192), "base_width": 32}}
@@ -61,11 +63,6 @@ def time_steps(wrapped, optimizer, inputs, loss, device):
         optimizer.step()
     synchronize(device)
     return (time.perf_counter() - started) / len(inputs)
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main():

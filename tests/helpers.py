@@ -86,6 +86,11 @@ def assert_same_results(run_a, run_b):
     assert read_json(Path(run_a) / "metrics.json")["test"] == read_json(Path(run_b) / "metrics.json")["test"]
 
 
+def workers_of(process):
+    """The process ids of torchrun's workers (the children of the torchrun `process`), in start order."""
+    return Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+
+
 def python_command(*args):
     return [sys.executable, *map(str, args)]
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from cluster_trainer import RecordingTrainer
-from helpers import ROOT, assert_same_weights, last_checkpoint, load_plain, read_json, refused, run_dirs
+from helpers import (ROOT, assert_same_weights, last_checkpoint, load_plain, read_json, refused, run_dirs,
+                     workers_of)
 from test_scale import free_port
 
 SCRIPT = Path(__file__).resolve().parent / "cluster_trainer.py"
@@ -343,7 +344,7 @@ def test_workers_die_with_a_killed_torchrun_and_resume_auto_continues_bit_equal(
                                env=environment())
     try:
         wait_for_a_checkpoint(process, tmp_path / "job")
-        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        workers = workers_of(process)
         process.kill()
         process.wait(timeout=60)
     finally:
@@ -466,7 +467,7 @@ def kill_a_worker_when(command, saved, timeout=120):
         while not saved():
             assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()[-3000:]
             time.sleep(0.05)
-        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        workers = workers_of(process)
         os.kill(int(workers[-1]), signal.SIGKILL)
         _, stderr = process.communicate(timeout=240)
     finally:

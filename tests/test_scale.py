@@ -5,13 +5,12 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from helpers import (ROOT, assert_same_results, assert_same_weights, load_plain, python_command, read_json, run_dirs,
-                     train_vanilla)
+                     train_vanilla, workers_of)
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # Plain, gentle SGD: Adam, momentum or a large step amplify float rounding (the order in which a
@@ -151,7 +150,7 @@ def test_sigterm_on_one_rank_stops_all_with_one_saved_state(fashion_dir, tmp_pat
         while not (list(tmp_path.glob("*/log.txt")) and "epoch 1 batch" in list(tmp_path.glob("*/log.txt"))[0].read_text()):
             assert time.monotonic() < deadline and process.poll() is None
             time.sleep(0.1)
-        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        workers = workers_of(process)
         assert len(workers) == 2
         os.kill(int(workers[-1]), signal.SIGTERM)  # not rank 0: the rank that writes must still save
         _, stderr = process.communicate(timeout=120)
